@@ -48,12 +48,13 @@ pub fn emulator_client(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<reqwest
         .build()?)
 }
 
-struct Azure {
-    http: reqwest::Client,
+/// Minimal calls against the emulator's public surfaces, for `up` and the benchmarks.
+pub(crate) struct Azure {
+    pub http: reqwest::Client,
 }
 
 impl Azure {
-    async fn token(&self, p: &PrincipalInfo, scope: &str) -> anyhow::Result<String> {
+    pub async fn token(&self, p: &PrincipalInfo, scope: &str) -> anyhow::Result<String> {
         let r = self
             .http
             .post(format!("https://login.microsoftonline.com/{}/oauth2/v2.0/token", p.tenant_id))
@@ -69,7 +70,7 @@ impl Azure {
         v["access_token"].as_str().map(str::to_string).context("token response without access_token")
     }
 
-    async fn call(&self, method: reqwest::Method, url: &str, token: &str, body: Option<Value>, what: &str) -> anyhow::Result<Value> {
+    pub async fn call(&self, method: reqwest::Method, url: &str, token: &str, body: Option<Value>, what: &str) -> anyhow::Result<Value> {
         let mut rb = self.http.request(method, url).bearer_auth(token);
         if let Some(b) = body {
             rb = rb.json(&b);
