@@ -35,11 +35,16 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
 
 /// Raw RSA-2048 OAEP-SHA256 decryptions per second, on as many threads as there are cores.
 fn raw_rsa_decrypt_rate(seconds: u64) -> anyhow::Result<f64> {
-    use aws_lc_rs::rsa::{KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey};
+    use aws_lc_rs::rsa::{
+        KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
+    };
     let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).map_err(|_| anyhow::anyhow!("keygen"))?;
     let public = OaepPublicEncryptingKey::new(key.public_key()).map_err(|_| anyhow::anyhow!("public key"))?;
     let mut ct = vec![0u8; public.ciphertext_size()];
-    let ct_len = public.encrypt(&OAEP_SHA256_MGF1SHA256, &[7u8; 32], &mut ct, None).map_err(|_| anyhow::anyhow!("encrypt"))?.len();
+    let ct_len = public
+        .encrypt(&OAEP_SHA256_MGF1SHA256, &[7u8; 32], &mut ct, None)
+        .map_err(|_| anyhow::anyhow!("encrypt"))?
+        .len();
     ct.truncate(ct_len);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let ops = Arc::new(AtomicU64::new(0));
@@ -63,7 +68,8 @@ fn raw_rsa_decrypt_rate(seconds: u64) -> anyhow::Result<f64> {
 
 async fn emulator_unwrap(seconds: u64, concurrency: usize) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
-    let emu = atrest_emulator::Emulator::start(atrest_emulator::EmulatorConfig::new("127.0.0.1:0".parse()?, &dir)).await?;
+    let emu =
+        atrest_emulator::Emulator::start(atrest_emulator::EmulatorConfig::new("127.0.0.1:0".parse()?, &dir)).await?;
     let http = emulator_client(emu.addr(), &emu.ca_pem())?;
     let az = Azure { http: http.clone() };
     let b = emu.info().bootstrap.clone();
@@ -152,7 +158,10 @@ async fn emulator_unwrap(seconds: u64, concurrency: usize) -> anyhow::Result<()>
     println!("emulator unwrapkey (RSA-2048, RSA-OAEP-256, TLS, RBAC-authorised): {rate:.0}/s ({errs} errors)");
     println!("raw aws-lc-rs RSA-2048 OAEP decrypt, all cores, same run:         {raw:.0}/s");
     println!("ratio emulator/raw: {:.2}", rate / raw);
-    println!("target: >= 2000/s (5x Azure's 4,000 per 10 s per vault): {}", if rate >= 2000.0 { "MET" } else { "NOT MET" });
+    println!(
+        "target: >= 2000/s (5x Azure's 4,000 per 10 s per vault): {}",
+        if rate >= 2000.0 { "MET" } else { "NOT MET" }
+    );
     if errs > 0 {
         anyhow::bail!("{errs} requests failed during the benchmark");
     }

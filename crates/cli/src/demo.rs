@@ -70,7 +70,14 @@ impl Azure {
         v["access_token"].as_str().map(str::to_string).context("token response without access_token")
     }
 
-    pub async fn call(&self, method: reqwest::Method, url: &str, token: &str, body: Option<Value>, what: &str) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> anyhow::Result<Value> {
         let mut rb = self.http.request(method, url).bearer_auth(token);
         if let Some(b) = body {
             rb = rb.json(&b);
@@ -115,7 +122,13 @@ pub async fn create_layout(http: &reqwest::Client, bootstrap: &PrincipalInfo) ->
         let admin = admin.clone();
         async move {
             let v = az
-                .call(reqwest::Method::POST, "https://management.azure.com/_emulator/tenants", &admin, Some(json!({"display_name": name})), "creating a tenant")
+                .call(
+                    reqwest::Method::POST,
+                    "https://management.azure.com/_emulator/tenants",
+                    &admin,
+                    Some(json!({"display_name": name})),
+                    "creating a tenant",
+                )
                 .await?;
             Ok::<PrincipalInfo, anyhow::Error>(serde_json::from_value(v)?)
         }

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "atrest", version, about = "Customer-managed-key encryption at rest with Azure Key Vault, without customer secrets")]
+#[command(
+    name = "atrest",
+    version,
+    about = "Customer-managed-key encryption at rest with Azure Key Vault, without customer secrets"
+)]
 struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `atrest_emulator=debug`.
     #[arg(long, env = "ATREST_LOG", default_value = "warn", global = true)]
@@ -94,7 +98,8 @@ fn main() -> anyhow::Result<()> {
 pub async fn wait_for_shutdown() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
