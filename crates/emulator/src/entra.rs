@@ -438,7 +438,7 @@ fn invalid_scope(code: u32, message: &str) -> Response {
 }
 
 /// The ARM resource ids of a cloud: its ARM URL and the classic `management.core` one.
-fn arm_resources(cloud: AzureEnvironment) -> [&'static str; 2] {
+pub(crate) fn arm_resources(cloud: AzureEnvironment) -> [&'static str; 2] {
     match cloud {
         AzureEnvironment::Azure => ["https://management.azure.com", "https://management.core.windows.net"],
         AzureEnvironment::AzureChina => {
