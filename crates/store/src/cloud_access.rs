@@ -14,8 +14,13 @@ use crate::ids::{GroupId, RoleId};
 use crate::model::{CloudProvider, CloudProviderAccessRole};
 use crate::{Store, with_backend};
 
-const COLUMNS: &str = "SELECT id, group_id, provider, atlas_azure_app_id, service_principal_id, tenant_id, \
-     created_at, last_updated_at FROM cloud_provider_access_roles";
+/// `SELECT <every column> FROM cloud_provider_access_roles`, as a literal for `concat!`.
+macro_rules! select_roles {
+    () => {
+        "SELECT id, group_id, provider, atlas_azure_app_id, service_principal_id, tenant_id, created_at, \
+         last_updated_at FROM cloud_provider_access_roles"
+    };
+}
 
 fn role_from<R: Cols>(row: &R) -> Result<CloudProviderAccessRole> {
     let provider = match row.text("provider")?.as_str() {
@@ -67,8 +72,11 @@ impl Store {
         id: &RoleId,
     ) -> Result<CloudProviderAccessRole> {
         with_backend!(self, |pool| {
-            let sql = sqlx::AssertSqlSafe(format!("{COLUMNS} WHERE group_id = $1 AND id = $2"));
-            let row = sqlx::query(sql).bind(group.as_str()).bind(id.as_str()).fetch_optional(pool).await?;
+            let row = sqlx::query(concat!(select_roles!(), " WHERE group_id = $1 AND id = $2"))
+                .bind(group.as_str())
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?;
             row.as_ref()
                 .map(role_from)
                 .transpose()?
@@ -79,8 +87,13 @@ impl Store {
     /// The roles of a project, oldest first.
     pub async fn list_cloud_provider_access_roles(&self, group: &GroupId) -> Result<Vec<CloudProviderAccessRole>> {
         with_backend!(self, |pool| {
-            let sql = sqlx::AssertSqlSafe(format!("{COLUMNS} WHERE group_id = $1 ORDER BY created_at, id"));
-            sqlx::query(sql).bind(group.as_str()).fetch_all(pool).await?.iter().map(role_from).collect()
+            sqlx::query(concat!(select_roles!(), " WHERE group_id = $1 ORDER BY created_at, id"))
+                .bind(group.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(role_from)
+                .collect()
         })
     }
 

@@ -30,7 +30,12 @@ macro_rules! insert_events {
 }
 pub(crate) use insert_events;
 
-const COLUMNS: &str = "SELECT id, group_id, event_type_name, created_at, payload FROM events";
+/// `SELECT <every column> FROM events`, as a literal for `concat!`.
+macro_rules! select_events {
+    () => {
+        "SELECT id, group_id, event_type_name, created_at, payload FROM events"
+    };
+}
 
 fn event_from<R: Cols>(row: &R) -> Result<Event> {
     Ok(Event {
@@ -56,8 +61,11 @@ impl Store {
     /// The event `id` of `group`. `NotFound` if absent or in another project.
     pub async fn get_event(&self, group: &GroupId, id: &EventId) -> Result<Event> {
         with_backend!(self, |pool| {
-            let sql = sqlx::AssertSqlSafe(format!("{COLUMNS} WHERE group_id = $1 AND id = $2"));
-            let row = sqlx::query(sql).bind(group.as_str()).bind(id.as_str()).fetch_optional(pool).await?;
+            let row = sqlx::query(concat!(select_events!(), " WHERE group_id = $1 AND id = $2"))
+                .bind(group.as_str())
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?;
             row.as_ref().map(event_from).transpose()?.ok_or(StoreError::NotFound { what: "event in this group" })
         })
     }
@@ -75,18 +83,18 @@ impl Store {
         let limit = i64::from(page.items_per_page);
         let offset = i64::from(page.page_num - 1) * limit;
         with_backend!(self, |pool| {
-            let sql = sqlx::AssertSqlSafe(format!(
-                "{COLUMNS} WHERE group_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2 OFFSET $3"
-            ));
-            let events = sqlx::query(sql)
-                .bind(group.as_str())
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(event_from)
-                .collect::<Result<Vec<_>>>()?;
+            let events = sqlx::query(concat!(
+                select_events!(),
+                " WHERE group_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2 OFFSET $3"
+            ))
+            .bind(group.as_str())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(event_from)
+            .collect::<Result<Vec<_>>>()?;
             let total = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE group_id = $1")
                 .bind(group.as_str())
                 .fetch_one(pool)

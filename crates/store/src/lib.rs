@@ -56,6 +56,9 @@ mod nonces;
 mod principals;
 mod tenancy;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;

@@ -143,7 +143,8 @@ impl Principal {
 }
 
 /// A programmatic API key, authenticated with HTTP Digest (username = `public_key`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` shows the length of the ciphertext, not its bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey {
     pub id: ApiKeyId,
     pub org_id: OrgId,
@@ -157,8 +158,8 @@ pub struct ApiKey {
     pub roles: Roles,
 }
 
-/// An OAuth 2 client-credentials service account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An OAuth 2 client-credentials service account. `Debug` omits the secret's digest.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServiceAccount {
     pub client_id: ClientId,
     pub org_id: OrgId,
@@ -170,7 +171,8 @@ pub struct ServiceAccount {
 }
 
 /// An OAuth access token issued to a service account, known only by its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` omits the digest.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken {
     pub token_sha256: [u8; 32],
     pub client_id: ClientId,
@@ -229,8 +231,9 @@ pub struct CloudProviderAccessRole {
     pub last_updated_at: OffsetDateTime,
 }
 
-/// How the platform authenticates to the customer's tenant for one project.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the platform authenticates to the customer's tenant for one project. `Debug` shows the
+/// length of the secret's ciphertext, not its bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub enum AzureCredentials {
     /// The secretless mode: a registered service principal of the platform's app.
     Secretless { role_id: RoleId },
@@ -415,4 +418,92 @@ pub struct Lease {
     pub holder: String,
     pub acquired_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+}
+
+/// Stands in for sensitive bytes in `Debug` output: says how many there are, never what they are.
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes redacted>", self.0)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("public_key", &self.public_key)
+            .field("digest_ha1_ciphertext", &Redacted(self.digest_ha1_ciphertext.len()))
+            .field("description", &self.description)
+            .field("created_at", &self.created_at)
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccount")
+            .field("client_id", &self.client_id)
+            .field("org_id", &self.org_id)
+            .field("name", &self.name)
+            .field("secret_sha256", &Redacted(self.secret_sha256.len()))
+            .field("created_at", &self.created_at)
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token_sha256", &Redacted(self.token_sha256.len()))
+            .field("client_id", &self.client_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AzureCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AzureCredentials::Secretless { role_id } => f.debug_struct("Secretless").field("role_id", role_id).finish(),
+            AzureCredentials::Static { client_id, tenant_id, secret_ciphertext } => f
+                .debug_struct("Static")
+                .field("client_id", client_id)
+                .field("tenant_id", tenant_id)
+                .field("secret_ciphertext", &Redacted(secret_ciphertext.len()))
+                .finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_sensitive_bytes() {
+        let credentials = AzureCredentials::Static {
+            client_id: "c".into(),
+            tenant_id: "t".into(),
+            secret_ciphertext: b"SEALED-SECRET".to_vec(),
+        };
+        let shown = format!("{credentials:?}");
+        assert!(!shown.contains("83, 69") && shown.contains("<13 bytes redacted>"), "{shown}");
+        let key = ApiKey {
+            id: ApiKeyId::new_random(),
+            org_id: OrgId::new_random(),
+            public_key: "abcdefgh".into(),
+            digest_ha1_ciphertext: vec![0xde, 0xad],
+            description: String::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            roles: Roles::default(),
+        };
+        assert!(format!("{key:?}").contains("<2 bytes redacted>"));
+    }
 }

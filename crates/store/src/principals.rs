@@ -98,8 +98,13 @@ fn access_token_from<R: Cols>(row: &R) -> Result<AccessToken> {
     })
 }
 
-const API_KEY_COLUMNS: &str = "SELECT k.id, p.org_id, k.public_key, k.digest_ha1_ciphertext, k.description, k.created_at \
-     FROM api_keys k JOIN principals p ON p.id = k.id";
+/// `SELECT <every column> FROM api_keys` joined with the owning principal, for `concat!`.
+macro_rules! select_api_keys {
+    () => {
+        "SELECT k.id, p.org_id, k.public_key, k.digest_ha1_ciphertext, k.description, k.created_at \
+         FROM api_keys k JOIN principals p ON p.id = k.id"
+    };
+}
 
 /// How a role query selects its principals: one by id, or all of an organization.
 enum RoleScope<'a> {
@@ -168,17 +173,17 @@ impl Store {
 
     /// The API key with this id, with its roles. `NotFound` if absent.
     pub async fn get_api_key(&self, id: &ApiKeyId) -> Result<ApiKey> {
-        self.api_key_where("k.id = $1", id.as_str()).await
+        self.api_key_where(concat!(select_api_keys!(), " WHERE k.id = $1"), id.as_str()).await
     }
 
     /// The API key a Digest client names as its username. `NotFound` if absent.
     pub async fn get_api_key_by_public_key(&self, public_key: &str) -> Result<ApiKey> {
-        self.api_key_where("k.public_key = $1", public_key).await
+        self.api_key_where(concat!(select_api_keys!(), " WHERE k.public_key = $1"), public_key).await
     }
 
-    async fn api_key_where(&self, condition: &'static str, param: &str) -> Result<ApiKey> {
+    /// The one API key `sql` (a `select_api_keys!` query with one parameter) finds, with roles.
+    async fn api_key_where(&self, sql: &'static str, param: &str) -> Result<ApiKey> {
         let key = with_backend!(self, |pool| {
-            let sql = sqlx::AssertSqlSafe(format!("{API_KEY_COLUMNS} WHERE {condition}"));
             let row = sqlx::query(sql).bind(param).fetch_optional(pool).await?;
             row.as_ref().map(api_key_from).transpose()?
         });
@@ -191,8 +196,7 @@ impl Store {
     pub async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>> {
         let mut roles = self.roles_in(RoleScope::Org(org)).await?;
         with_backend!(self, |pool| {
-            let sql = sqlx::AssertSqlSafe(format!("{API_KEY_COLUMNS} WHERE p.org_id = $1 ORDER BY k.created_at, k.id"));
-            sqlx::query(sql)
+            sqlx::query(concat!(select_api_keys!(), " WHERE p.org_id = $1 ORDER BY k.created_at, k.id"))
                 .bind(org.as_str())
                 .fetch_all(pool)
                 .await?

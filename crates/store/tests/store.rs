@@ -2,7 +2,7 @@
 //!
 //! Each test is written once in `suite/` as `async fn(TestDb)` and instantiated twice below: in
 //! `sqlite::` on a temp file and in `postgres::` on a fresh database of a throwaway PostgreSQL
-//! cluster that this binary starts itself (see `support/pg.rs`). A test that needs several
+//! cluster that this binary starts itself (see `atrest_store::testing`). A test that needs several
 //! replicas opens several `Store`s on its database.
 
 mod suite;

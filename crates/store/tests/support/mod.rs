@@ -2,8 +2,6 @@
 //! `Store`s on as it likes (several `Store`s on one database stand for several replicas), and
 //! fixtures in the domain's words.
 
-pub mod pg;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -11,7 +9,6 @@ use atrest_store::{
     AzureCredentials, AzureKeyVaultConfig, CloudProvider, CloudProviderAccessRole, EarConfigWrite, Event, EventId,
     Group, GroupId, OrgId, Organization, RoleId, Store, ValidationState, ValidationStatus,
 };
-use sqlx::Connection;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
@@ -22,8 +19,6 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
-static DATABASES: AtomicU32 = AtomicU32::new(0);
-
 impl TestDb {
     /// A new SQLite file in a temp dir.
     pub async fn sqlite() -> TestDb {
@@ -32,19 +27,12 @@ impl TestDb {
         TestDb { url, _dir: Some(dir) }
     }
 
-    /// A new database in the shared throwaway cluster.
+    /// A new database in the throwaway cluster this test binary shares (see
+    /// `atrest_store::testing`). Fails the test, with install instructions, if PostgreSQL is
+    /// not installed.
     pub async fn postgres() -> TestDb {
-        let cluster = pg::cluster();
-        let name = format!("atrest_test_{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
-        let mut admin = sqlx::PgConnection::connect(&cluster.admin_url).await.expect("connect to the test cluster");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create a test database");
-        admin.close().await.ok();
-        let mut url = url::Url::parse(&cluster.admin_url).expect("cluster URL");
-        url.set_path(&name);
-        TestDb { url: url.to_string(), _dir: None }
+        let url = atrest_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
+        TestDb { url, _dir: None }
     }
 
     /// Opens one more `Store` on this database (another "replica").

@@ -1,44 +1,89 @@
-//! A throwaway PostgreSQL cluster for this test binary.
+//! Test support (feature `testing`): a throwaway PostgreSQL cluster shared by one test binary,
+//! and a fresh, empty database in it for each test.
 //!
-//! Started lazily by the first PostgreSQL test and shared by all of them (each test gets its own
-//! database): `initdb` into a temp dir (as the `postgres` user when running as root, since initdb
-//! refuses root), then `pg_ctl start` on a free loopback port with `fsync=off`.
+//! ```no_run
+//! # async fn demo() -> Result<(), atrest_store::StoreError> {
+//! let url = atrest_store::testing::fresh_postgres_database().await?;
+//! let replica_a = atrest_store::Store::open(&url).await?;
+//! let replica_b = atrest_store::Store::open(&url).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The cluster is started by the first caller in the process and reused by every later one:
+//! `initdb` into a temp dir (as the `postgres` user when running as root, since initdb refuses
+//! root), then `pg_ctl start` on a free loopback port with `fsync=off`. Starting takes about a
+//! second; each fresh database (`CREATE DATABASE`) takes a few tens of milliseconds.
 //!
 //! Cleanup does not rely on destructors (statics are never dropped): a watchdog shell in its own
-//! session holds the read end of a pipe whose write end only this process holds. When the test
-//! binary exits for any reason — success, panic, abort, even SIGKILL — the pipe closes and the
-//! watchdog stops the cluster and removes its directory.
+//! session holds the read end of a pipe whose write end only this process holds. When the process
+//! exits for any reason (success, panic, abort, even SIGKILL) the pipe closes and the watchdog
+//! stops the cluster and removes its directory.
 //!
-//! Set `ATREST_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`) to use an
-//! existing server instead; test databases are then created there and left behind.
+//! If the PostgreSQL server binaries are missing, every call fails with a message that says how
+//! to install them: tests must fail, never skip. Set `ATREST_TEST_POSTGRES_URL` (e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`, a role allowed to create databases) to use an
+//! existing server instead; fresh databases are then created there and left behind.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-pub struct Cluster {
-    /// `postgres://postgres@127.0.0.1:PORT/postgres`: where test databases are created.
-    pub admin_url: String,
+use sqlx::{Connection, PgConnection};
+
+use crate::error::{Result, StoreError};
+
+/// The shared cluster (or the server named by `ATREST_TEST_POSTGRES_URL`).
+pub struct PostgresCluster {
+    admin_url: String,
     /// Dropped only when the process exits, which is what tells the watchdog to clean up.
     _watchdog: Option<ChildStdin>,
 }
 
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static CLUSTER: OnceLock<Result<PostgresCluster, String>> = OnceLock::new();
+static DATABASES: AtomicU32 = AtomicU32::new(0);
 
-/// The shared cluster, started on first use. Panics (failing the test, never skipping it) with
-/// instructions if PostgreSQL is not installed.
-pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| match start() {
-        Ok(cluster) => cluster,
-        Err(message) => panic!("cannot start the PostgreSQL test cluster: {message}"),
-    })
+/// The process-wide cluster, started on first use. Blocks the calling thread while starting
+/// (about a second); a failure to start is remembered and returned to every later caller.
+pub fn postgres_cluster() -> Result<&'static PostgresCluster> {
+    CLUSTER
+        .get_or_init(start)
+        .as_ref()
+        .map_err(|message| StoreError::Backend(format!("cannot start the PostgreSQL test cluster: {message}")))
 }
 
-fn start() -> Result<Cluster, String> {
+/// A new, empty database in the process-wide cluster; returns its URL for [`crate::Store::open`].
+pub async fn fresh_postgres_database() -> Result<String> {
+    postgres_cluster()?.fresh_database().await
+}
+
+impl PostgresCluster {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`: a superuser connection to the cluster.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// Creates a new, empty database and returns its URL.
+    pub async fn fresh_database(&self) -> Result<String> {
+        let name = format!("atrest_test_{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
+        let fail = |e: &dyn std::fmt::Display| StoreError::Backend(format!("cannot create test database {name}: {e}"));
+        let mut admin = PgConnection::connect(&self.admin_url).await.map_err(|e| fail(&e))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| fail(&e))?;
+        admin.close().await.ok();
+        let mut url = url::Url::parse(&self.admin_url).map_err(|e| fail(&e))?;
+        url.set_path(&name);
+        Ok(url.to_string())
+    }
+}
+
+fn start() -> std::result::Result<PostgresCluster, String> {
     if let Ok(url) = std::env::var("ATREST_TEST_POSTGRES_URL") {
-        return Ok(Cluster { admin_url: url, _watchdog: None });
+        return Ok(PostgresCluster { admin_url: url, _watchdog: None });
     }
     let started = Instant::now();
     let bin = find_bindir()?;
@@ -100,7 +145,7 @@ fn start() -> Result<Cluster, String> {
                     t.elapsed(),
                     started.elapsed()
                 );
-                return Ok(Cluster {
+                return Ok(PostgresCluster {
                     admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
                     _watchdog: Some(watchdog),
                 });
@@ -117,7 +162,7 @@ fn start() -> Result<Cluster, String> {
 
 /// The directory holding `initdb` and `pg_ctl`: `pg_config --bindir`, else the newest
 /// `/usr/lib/postgresql/*/bin` (Debian does not put server binaries on PATH).
-fn find_bindir() -> Result<PathBuf, String> {
+fn find_bindir() -> std::result::Result<PathBuf, String> {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {
@@ -161,7 +206,7 @@ fn server_command(program: &Path, as_postgres: bool) -> Command {
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<Output, String> {
+fn run(cmd: &mut Command, what: &str) -> std::result::Result<Output, String> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: cannot run: {e}"))?;
     if out.status.success() {
         Ok(out)
@@ -175,14 +220,19 @@ fn run(cmd: &mut Command, what: &str) -> Result<Output, String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+fn free_port() -> std::result::Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot probe a free port: {e}"))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
 /// `sh -c 'cat >/dev/null; pg_ctl stop; rm -rf DIR'` in a new session (so a Ctrl-C aimed at the
 /// test run does not kill it before it has cleaned up), reading a pipe only we write to.
-fn spawn_watchdog(pg_ctl: &Path, data: &Path, dir: &Path, as_postgres: bool) -> Result<ChildStdin, String> {
+fn spawn_watchdog(
+    pg_ctl: &Path,
+    data: &Path,
+    dir: &Path,
+    as_postgres: bool,
+) -> std::result::Result<ChildStdin, String> {
     const SCRIPT: &str = r#"cat >/dev/null
 if [ "$4" = 1 ]; then runuser -u postgres -- "$1" -D "$2" -m immediate -w stop
 else "$1" -D "$2" -m immediate -w stop; fi
