@@ -287,8 +287,10 @@ impl ArmClient {
         let mut definitions: Vec<String> = raw.iter().map(|r| r.properties.role_definition_id.clone()).collect();
         definitions.sort_by_key(|d| d.to_ascii_lowercase());
         definitions.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-        // One concurrent round trip for all role names.
-        let names = try_join_all(definitions.iter().map(|d| self.role_name(d, &token))).await?;
+        // One concurrent round trip for all role names. Definitions are read at the scope the
+        // caller asked about (`{scope}/providers/.../roleDefinitions/{guid}`), where it has
+        // Reader; the subscription-scoped id in the assignment may be out of its reach.
+        let names = try_join_all(definitions.iter().map(|d| self.role_name(scope, d, &token))).await?;
         let names: BTreeMap<String, Option<String>> =
             definitions.iter().map(|d| d.to_ascii_lowercase()).zip(names).collect();
         Ok(raw
@@ -304,9 +306,17 @@ impl ArmClient {
             .collect())
     }
 
-    /// The `roleName` of a role definition id; `None` if it no longer exists.
-    async fn role_name(&self, role_definition_id: &str, token: &AccessToken) -> Result<Option<String>, Error> {
-        let url = self.url(&format!("{role_definition_id}?api-version={AUTHORIZATION_API_VERSION}"));
+    /// The `roleName` of a role definition, read at `scope`; `None` if it no longer exists.
+    async fn role_name(
+        &self,
+        scope: &str,
+        role_definition_id: &str,
+        token: &AccessToken,
+    ) -> Result<Option<String>, Error> {
+        let guid = role_definition_id.rsplit('/').next().unwrap_or_default();
+        let url = self.url(&format!(
+            "{scope}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={AUTHORIZATION_API_VERSION}"
+        ));
         match self.get(&url, token).await {
             Ok(body) => {
                 let d: RoleDefinitionResource =

@@ -101,8 +101,9 @@ impl KeyProperties {
         self.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op))
     }
 
-    /// Why the key cannot be used at `now` (Unix seconds), if it cannot: disabled, not yet
-    /// valid, or expired. Mirrors what Key Vault enforces on unwrap/decrypt.
+    /// Why the key cannot serve as a wrapping key at `now` (Unix seconds), if it cannot:
+    /// disabled (Key Vault then refuses unwrap and decrypt) or outside its `nbf`/`exp` window
+    /// (Key Vault then refuses wrap and encrypt, while still unwrapping what it wrapped before).
     pub fn unusable_reason(&self, now: i64) -> Option<String> {
         if !self.enabled {
             return Some(format!("key {} is disabled", self.id));
@@ -462,7 +463,10 @@ pub(crate) fn classify_kind(status: u16, code: Option<&str>, message: &str) -> E
         (_, Some("ForbiddenByRbac" | "ForbiddenByPolicy" | "ForbiddenByConnection" | "ForbiddenByFirewall")) => {
             ErrorKind::Denied
         }
-        (_, Some("KeyDisabled" | "KeyExpired" | "KeyNotYetValid" | "OperationNotAllowed")) => ErrorKind::Disabled,
+        (
+            _,
+            Some("KeyDisabled" | "KeyExpired" | "KeyNotYetValid" | "KeyOperationForbidden" | "OperationNotAllowed"),
+        ) => ErrorKind::Disabled,
         (403 | 400, _)
             if lower.contains("disabled key")
                 || lower.contains("key is disabled")
@@ -603,6 +607,14 @@ mod tests {
         assert_eq!(classify_kind(429, Some("Throttled"), "slow down"), ErrorKind::Throttled);
         assert_eq!(classify_kind(503, None, ""), ErrorKind::Unreachable);
         assert_eq!(classify_kind(403, Some("Forbidden"), "something else"), ErrorKind::Denied);
+        // The emulator's codes for the key-state rules.
+        for code in ["KeyExpired", "KeyNotYetValid", "KeyOperationForbidden"] {
+            assert_eq!(
+                classify_kind(403, Some(code), "Operation wrapKey is not allowed"),
+                ErrorKind::Disabled,
+                "{code}"
+            );
+        }
     }
 
     #[test]

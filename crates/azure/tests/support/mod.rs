@@ -342,3 +342,26 @@ impl Admin {
         assert!(s == 200 || s == 204, "{s} {b}");
     }
 }
+
+impl Admin {
+    /// The admin's own service principal object id (the `oid` of its tokens).
+    pub async fn object_id(&self) -> AzureUuid {
+        let token = self.bearer("https://management.azure.com/.default").await;
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["oid"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+/// A fault on one vault (any cloud) for `remaining` requests.
+pub fn vault_fault(world: &World, vault: &str, kind: FaultKind, remaining: Option<u64>) {
+    world.emu.ctx().faults.lock().push(Fault {
+        id: Uuid::new_v4(),
+        host: None,
+        vault: Some(vault.to_ascii_lowercase()),
+        path_prefix: None,
+        kind,
+        remaining,
+    });
+}
