@@ -132,12 +132,12 @@ impl AzureEnvironment {
             if host == env.graph_host() {
                 return Some((env, HostKind::Graph));
             }
-            if let Some(vault) = host.strip_suffix(env.vault_dns_suffix()) {
-                if let Some(vault) = vault.strip_suffix('.') {
-                    if !vault.is_empty() && !vault.contains('.') {
-                        return Some((env, HostKind::Vault(vault.to_string())));
-                    }
-                }
+            if let Some(vault) = host.strip_suffix(env.vault_dns_suffix())
+                && let Some(vault) = vault.strip_suffix('.')
+                && !vault.is_empty()
+                && !vault.contains('.')
+            {
+                return Some((env, HostKind::Vault(vault.to_string())));
             }
         }
         // Entra's other well-known aliases of the public cloud.

@@ -131,7 +131,8 @@ mod tests {
     #[test]
     fn rejects_each_bad_shape_with_a_specific_error() {
         use KeyIdentifierError as E;
-        let cases: &[(&str, fn(&E) -> bool)] = &[
+        type Check = fn(&E) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("http://kv1.vault.azure.net/keys/k", |e| matches!(e, E::NotHttps(_))),
             ("kv1.vault.azure.net/keys/k", |e| matches!(e, E::NotAUrl(_))),
             ("https://kv1.example.com/keys/k", |e| matches!(e, E::NotAVaultHost { .. })),

@@ -182,6 +182,46 @@ pub fn bearer(headers: &http::HeaderMap) -> Result<&str, TokenProblem> {
     Ok(rest.trim())
 }
 
+/// Issue a v1 access token for service principal `sp` (in its tenant) and `audience`.
+/// `appidacr` is `"1"` for a secret, `"2"` for a certificate or federated assertion.
+/// Returns the token and its lifetime in seconds.
+pub fn issue_access_token(
+    ctx: &crate::Ctx,
+    sp: &crate::state::ServicePrincipal,
+    audience: &str,
+    appidacr: &str,
+) -> (String, i64) {
+    let now = ctx.now();
+    let lifetime = ctx.read(|s| s.settings.token_lifetime_secs) as i64;
+    let iss = format!("https://sts.windows.net/{}/", sp.tenant_id);
+    let claims = AccessClaims {
+        aud: audience.to_string(),
+        iss: iss.clone(),
+        iat: now,
+        nbf: now,
+        exp: now + lifetime,
+        aio: URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes()),
+        appid: sp.app_id.to_string(),
+        appidacr: appidacr.to_string(),
+        idp: iss,
+        idtyp: "app".into(),
+        oid: sp.object_id.to_string(),
+        rh: format!("0.{}.", URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())),
+        sub: sp.object_id.to_string(),
+        tid: sp.tenant_id.to_string(),
+        uti: URL_SAFE_NO_PAD.encode(&uuid::Uuid::new_v4().as_bytes()[..12]),
+        ver: "1.0".into(),
+    };
+    (ctx.signer.sign(&claims), lifetime)
+}
+
+/// Verify the bearer token on a request: present, well-formed, signed by this emulator and
+/// within its lifetime. Audience and issuer are each surface's own check.
+pub fn authenticate(ctx: &crate::Ctx, headers: &http::HeaderMap) -> Result<Arc<AccessClaims>, TokenProblem> {
+    let token = bearer(headers)?;
+    ctx.signer.verify(token, ctx.now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,44 +264,4 @@ mod tests {
         assert_eq!(s2.kid, s.kid);
         assert!(s2.verify(&t, 10).is_ok());
     }
-}
-
-/// Issue a v1 access token for service principal `sp` (in its tenant) and `audience`.
-/// `appidacr` is `"1"` for a secret, `"2"` for a certificate or federated assertion.
-/// Returns the token and its lifetime in seconds.
-pub fn issue_access_token(
-    ctx: &crate::Ctx,
-    sp: &crate::state::ServicePrincipal,
-    audience: &str,
-    appidacr: &str,
-) -> (String, i64) {
-    let now = ctx.now();
-    let lifetime = ctx.read(|s| s.settings.token_lifetime_secs) as i64;
-    let iss = format!("https://sts.windows.net/{}/", sp.tenant_id);
-    let claims = AccessClaims {
-        aud: audience.to_string(),
-        iss: iss.clone(),
-        iat: now,
-        nbf: now,
-        exp: now + lifetime,
-        aio: URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes()),
-        appid: sp.app_id.to_string(),
-        appidacr: appidacr.to_string(),
-        idp: iss,
-        idtyp: "app".into(),
-        oid: sp.object_id.to_string(),
-        rh: format!("0.{}.", URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())),
-        sub: sp.object_id.to_string(),
-        tid: sp.tenant_id.to_string(),
-        uti: URL_SAFE_NO_PAD.encode(&uuid::Uuid::new_v4().as_bytes()[..12]),
-        ver: "1.0".into(),
-    };
-    (ctx.signer.sign(&claims), lifetime)
-}
-
-/// Verify the bearer token on a request: present, well-formed, signed by this emulator and
-/// within its lifetime. Audience and issuer are each surface's own check.
-pub fn authenticate(ctx: &crate::Ctx, headers: &http::HeaderMap) -> Result<Arc<AccessClaims>, TokenProblem> {
-    let token = bearer(headers)?;
-    ctx.signer.verify(token, ctx.now())
 }
