@@ -16,8 +16,7 @@ use serde_json::json;
 
 use atrest_azure::{AzureClient, EncryptionAlgorithm, ErrorKind, RetryPolicy, Service, VaultRef};
 use atrest_domain::{AzureEnvironment, AzureUuid, KeyIdentifier};
-use atrest_emulator::state::FaultKind;
-use support::{Admin, KEY_VAULT_CRYPTO_USER, PlatformApp, READER, World, quick_retry, vault_fault};
+use support::{Admin, KEY_VAULT_CRYPTO_USER, PlatformApp, READER, World, quick_retry};
 
 /// Tenants P and C, the platform app in P, C's admin, and the platform's SP in C (via Graph).
 struct Layout {
@@ -31,9 +30,9 @@ struct Layout {
 impl Layout {
     async fn new() -> Self {
         let world = World::start().await;
-        let p = world.new_tenant("Platform");
-        let c = world.new_tenant("Customer");
-        let platform = world.register_platform_app(&p.tenant_id.parse().unwrap());
+        let p = world.new_tenant("Platform").await;
+        let c = world.new_tenant("Customer").await;
+        let platform = world.register_platform_app(&p.tenant_id.parse().unwrap()).await;
         let admin = Admin::new(&world, c);
         let sp = admin.create_service_principal(&platform.app_id).await;
         let client = world.client(platform.credential());
@@ -261,9 +260,9 @@ async fn expired_keys_and_forbidden_operations_are_disabled_errors() {
 #[tokio::test]
 async fn key_operations_without_a_service_principal_fail_with_700016() {
     let world = World::start().await;
-    let p = world.new_tenant("Platform");
-    let c = world.new_tenant("Customer");
-    let platform = world.register_platform_app(&p.tenant_id.parse().unwrap());
+    let p = world.new_tenant("Platform").await;
+    let c = world.new_tenant("Customer").await;
+    let platform = world.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let admin = Admin::new(&world, c);
     admin.create_vault("rg-kms", "custkv-nosp", true, json!([])).await;
     let (key, _) = admin.create_key("custkv-nosp", "master").await;
@@ -298,41 +297,41 @@ async fn vault_throttling_and_faults_are_retried_within_the_bound() {
     let wrapped = kv.wrap_key(&key, EncryptionAlgorithm::RsaOaep256, &secret).await.unwrap();
 
     // Two 429s with Retry-After: 1, then success after both waits.
-    vault_fault(&l.world, "custkv-faults", FaultKind::Throttle { retry_after_secs: 1 }, Some(2));
+    l.world.vault_fault("custkv-faults", json!({"kind": "throttle", "retry_after_secs": 1}), Some(2)).await;
     let started = Instant::now();
     let p = kv.unwrap_key(&versioned, EncryptionAlgorithm::RsaOaep256, &wrapped.value).await.unwrap();
     assert_eq!(p.value.expose_secret(), secret.as_slice());
     assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
 
     // A 503 and a reset, then success.
-    vault_fault(&l.world, "custkv-faults", FaultKind::ServerError { status: 503 }, Some(1));
-    vault_fault(&l.world, "custkv-faults", FaultKind::Reset, Some(1));
+    l.world.vault_fault("custkv-faults", json!({"kind": "server_error", "status": 503}), Some(1)).await;
+    l.world.vault_fault("custkv-faults", json!({"kind": "reset"}), Some(1)).await;
     kv.unwrap_key(&versioned, EncryptionAlgorithm::RsaOaep256, &wrapped.value).await.unwrap();
 
     // Persistent throttling: Throttled, within the 3 s budget.
-    vault_fault(&l.world, "custkv-faults", FaultKind::Throttle { retry_after_secs: 1 }, None);
+    l.world.vault_fault("custkv-faults", json!({"kind": "throttle", "retry_after_secs": 1}), None).await;
     let started = Instant::now();
     let e = kv.unwrap_key(&versioned, EncryptionAlgorithm::RsaOaep256, &wrapped.value).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Throttled, "{e}");
     assert!(e.attempts() >= 2 && !e.kind().revokes_access(), "{e}");
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
-    l.world.clear_faults();
+    l.world.clear_faults().await;
 
     // Persistent 5xx: Unreachable.
-    vault_fault(&l.world, "custkv-faults", FaultKind::ServerError { status: 500 }, None);
+    l.world.vault_fault("custkv-faults", json!({"kind": "server_error", "status": 500}), None).await;
     let e = kv.get_key(&key).await.unwrap_err();
     assert_eq!((e.kind(), e.status()), (ErrorKind::Unreachable, Some(500)), "{e}");
     assert!(e.attempts() > 1);
-    l.world.clear_faults();
+    l.world.clear_faults().await;
 
     // Blackhole: each attempt times out, the whole call within the budget.
-    vault_fault(&l.world, "custkv-faults", FaultKind::Blackhole, None);
+    l.world.vault_fault("custkv-faults", json!({"kind": "blackhole"}), None).await;
     let started = Instant::now();
     let e = kv.unwrap_key(&versioned, EncryptionAlgorithm::RsaOaep256, &wrapped.value).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
     assert!(e.message().contains("timed out"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
-    l.world.clear_faults();
+    l.world.clear_faults().await;
 
     kv.unwrap_key(&versioned, EncryptionAlgorithm::RsaOaep256, &wrapped.value).await.unwrap();
 }

@@ -19,7 +19,6 @@ use atrest_azure::{
     RetryPolicy, Service,
 };
 use atrest_domain::{AzureEnvironment, AzureUuid};
-use atrest_emulator::state::{FaultKind, FederatedCredential};
 use support::{World, quick_retry};
 
 const LOGIN: &str = "login.microsoftonline.com";
@@ -32,11 +31,11 @@ fn claims(token: &str) -> serde_json::Value {
 #[tokio::test]
 async fn certificate_assertion_gets_a_token_in_the_customer_tenant_with_both_algorithms() {
     let w = World::start().await;
-    let p = w.new_tenant("Platform");
-    let c = w.new_tenant("Customer");
-    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    let p = w.new_tenant("Platform").await;
+    let c = w.new_tenant("Customer").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let customer: AzureUuid = c.tenant_id.parse().unwrap();
-    let sp = w.add_sp_directly(platform.app_id.as_uuid(), customer.as_uuid());
+    let sp = w.add_service_principal(&platform.app_id, &customer).await;
 
     for alg in [AssertionAlgorithm::Ps256, AssertionAlgorithm::Rs256] {
         let cert =
@@ -58,9 +57,9 @@ async fn certificate_assertion_gets_a_token_in_the_customer_tenant_with_both_alg
 #[tokio::test]
 async fn missing_service_principal_is_denied_with_the_az_ad_sp_create_fix() {
     let w = World::start().await;
-    let p = w.new_tenant("Platform");
-    let c = w.new_tenant("Customer");
-    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    let p = w.new_tenant("Platform").await;
+    let c = w.new_tenant("Customer").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let client = w.client(platform.credential());
     let customer: AzureUuid = c.tenant_id.parse().unwrap();
 
@@ -78,17 +77,17 @@ async fn missing_service_principal_is_denied_with_the_az_ad_sp_create_fix() {
 #[tokio::test]
 async fn unknown_tenant_disabled_sp_unregistered_cert_and_wrong_secret_are_classified() {
     let w = World::start().await;
-    let p = w.new_tenant("Platform");
-    let c = w.new_tenant("Customer");
-    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    let p = w.new_tenant("Platform").await;
+    let c = w.new_tenant("Customer").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let customer: AzureUuid = c.tenant_id.parse().unwrap();
-    let sp = w.add_sp_directly(platform.app_id.as_uuid(), customer.as_uuid());
+    let sp = w.add_service_principal(&platform.app_id, &customer).await;
     let client = w.client(platform.credential());
 
     let e = client.tokens().key_vault_token(AzureEnvironment::Azure, &AzureUuid::new_v4()).await.unwrap_err();
     assert_eq!((e.kind(), e.aadsts_code()), (ErrorKind::Misconfigured, Some(90002)), "{e}");
 
-    w.set_sp_enabled(sp, false);
+    w.set_sp_enabled(&sp, false).await;
     let e = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap_err();
     assert_eq!((e.kind(), e.aadsts_code()), (ErrorKind::Denied, Some(7000112)), "{e}");
     assert!(
@@ -96,10 +95,10 @@ async fn unknown_tenant_disabled_sp_unregistered_cert_and_wrong_secret_are_class
             .unwrap()
             .contains(&format!("az ad sp update --id {} --set accountEnabled=true", platform.app_id))
     );
-    w.set_sp_enabled(sp, true);
+    w.set_sp_enabled(&sp, true).await;
 
     // Another certificate than the registered one.
-    let other = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    let other = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let cert = CertificateCredential::from_pem(&other.cert_pem, &SecretString::from(other.key_pem.clone())).unwrap();
     let impostor = w.client(ClientCredential::certificate(platform.app_id, cert));
     let e = impostor.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap_err();
@@ -125,13 +124,13 @@ async fn unknown_tenant_disabled_sp_unregistered_cert_and_wrong_secret_are_class
 #[tokio::test]
 async fn concurrent_callers_cause_one_token_request_per_tenant() {
     let w = World::start().await;
-    let p = w.new_tenant("Platform");
-    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    let p = w.new_tenant("Platform").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let mut tenants = Vec::new();
     for i in 0..8 {
-        let c = w.new_tenant(&format!("Customer {i}"));
+        let c = w.new_tenant(&format!("Customer {i}")).await;
         let t: AzureUuid = c.tenant_id.parse().unwrap();
-        w.add_sp_directly(platform.app_id.as_uuid(), t.as_uuid());
+        w.add_service_principal(&platform.app_id, &t).await;
         tenants.push(t);
     }
     let client = w.client(platform.credential());
@@ -221,32 +220,15 @@ impl Issuer {
 async fn federated_token_file_flow_rereads_the_rotated_file_and_explains_mismatches() {
     let w = World::start().await;
     let issuer = Issuer::start().await;
-    w.emu
-        .ctx()
-        .mutate(|s| -> anyhow::Result<()> {
-            // The issuer is served over plain http on loopback; Entra itself requires https.
-            s.settings.allow_http_issuers = true;
-            Ok(())
-        })
-        .unwrap();
-    let p = w.new_tenant("Platform");
-    let c = w.new_tenant("Customer");
-    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    // The issuer is served over plain http on loopback; Entra itself requires https.
+    w.settings(json!({"allow_http_issuers": true})).await;
+    let p = w.new_tenant("Platform").await;
+    let c = w.new_tenant("Customer").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let subject = "system:serviceaccount:atrest:control-plane";
-    let issuer_url = issuer.url.clone();
-    w.edit_app(&platform.app_id, |a| {
-        a.certificates.clear();
-        a.federated.push(FederatedCredential {
-            id: Uuid::new_v4(),
-            name: "atrest".into(),
-            issuer: issuer_url,
-            subject: subject.into(),
-            audiences: vec!["api://AzureADTokenExchange".into()],
-            description: None,
-        });
-    });
+    w.add_federated_credential(&platform.app_id, &issuer.url, subject).await;
     let customer: AzureUuid = c.tenant_id.parse().unwrap();
-    w.add_sp_directly(platform.app_id.as_uuid(), customer.as_uuid());
+    w.add_service_principal(&platform.app_id, &customer).await;
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
@@ -283,11 +265,11 @@ async fn federated_token_file_flow_rereads_the_rotated_file_and_explains_mismatc
 // ------------------------------------------------------------------------------------------
 
 async fn platform_in_customer(w: &World) -> (AzureClient, AzureUuid) {
-    let p = w.new_tenant("Platform");
-    let c = w.new_tenant("Customer");
-    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    let p = w.new_tenant("Platform").await;
+    let c = w.new_tenant("Customer").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let customer: AzureUuid = c.tenant_id.parse().unwrap();
-    w.add_sp_directly(platform.app_id.as_uuid(), customer.as_uuid());
+    w.add_service_principal(&platform.app_id, &customer).await;
     (w.client(platform.credential()), customer)
 }
 
@@ -295,7 +277,7 @@ async fn platform_in_customer(w: &World) -> (AzureClient, AzureUuid) {
 async fn throttled_token_endpoint_is_retried_after_retry_after() {
     let w = World::start().await;
     let (client, customer) = platform_in_customer(&w).await;
-    w.fault(LOGIN, FaultKind::Throttle { retry_after_secs: 1 }, Some(2));
+    w.host_fault(LOGIN, json!({"kind": "throttle", "retry_after_secs": 1}), Some(2)).await;
     let started = Instant::now();
     client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
     // Two 429s, each honoured for its full second, then success.
@@ -307,8 +289,8 @@ async fn throttled_token_endpoint_is_retried_after_retry_after() {
 async fn server_errors_and_resets_are_retried() {
     let w = World::start().await;
     let (client, customer) = platform_in_customer(&w).await;
-    w.fault(LOGIN, FaultKind::ServerError { status: 503 }, Some(2));
-    w.fault(LOGIN, FaultKind::Reset, Some(1));
+    w.host_fault(LOGIN, json!({"kind": "server_error", "status": 503}), Some(2)).await;
+    w.host_fault(LOGIN, json!({"kind": "reset"}), Some(1)).await;
     client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
     assert_eq!(client.token_stats().token_requests, 4);
 }
@@ -316,31 +298,31 @@ async fn server_errors_and_resets_are_retried() {
 #[tokio::test]
 async fn persistent_faults_give_up_within_the_bound_with_the_right_class() {
     let w = World::start().await;
-    let p = w.new_tenant("Platform");
-    let c = w.new_tenant("Customer");
-    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap());
+    let p = w.new_tenant("Platform").await;
+    let c = w.new_tenant("Customer").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
     let customer: AzureUuid = c.tenant_id.parse().unwrap();
-    w.add_sp_directly(platform.app_id.as_uuid(), customer.as_uuid());
+    w.add_service_principal(&platform.app_id, &customer).await;
     let retry = RetryPolicy { total: Duration::from_secs(2), ..quick_retry() };
     let mut config = w.config(retry);
     config.transport.request_timeout = Duration::from_millis(500);
     let client = AzureClient::new(&config, platform.credential()).unwrap();
 
-    w.fault(LOGIN, FaultKind::ServerError { status: 500 }, None);
+    w.host_fault(LOGIN, json!({"kind": "server_error", "status": 500}), None).await;
     let started = Instant::now();
     let e = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
     assert!(e.attempts() > 1, "{e}");
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 
-    w.clear_faults();
-    w.fault(LOGIN, FaultKind::Throttle { retry_after_secs: 1 }, None);
+    w.clear_faults().await;
+    w.host_fault(LOGIN, json!({"kind": "throttle", "retry_after_secs": 1}), None).await;
     let e = client.tokens().arm_token(AzureEnvironment::Azure, &customer).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Throttled, "{e}");
     assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
 
-    w.clear_faults();
-    w.fault(LOGIN, FaultKind::Blackhole, None);
+    w.clear_faults().await;
+    w.host_fault(LOGIN, json!({"kind": "blackhole"}), None).await;
     let started = Instant::now();
     let e = client
         .tokens()
@@ -352,6 +334,6 @@ async fn persistent_faults_give_up_within_the_bound_with_the_right_class() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 
     // Once the fault is gone the same client recovers.
-    w.clear_faults();
+    w.clear_faults().await;
     client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
 }

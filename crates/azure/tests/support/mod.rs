@@ -4,21 +4,20 @@
 //! customer tenants with their admins.
 //!
 //! What Azure offers an API for (service principals, vaults, keys, role assignments) is done
-//! through that API as the customer's admin would; what it has none for (registering the
-//! platform app with a certificate, injecting faults) is done on the emulator's state directly.
+//! through that API as the customer's admin would. What it has none for (tenants, registering
+//! the platform app with its certificate, faults, settings) goes through the emulator's admin
+//! API (`docs/emulator.md`), authenticated as the bootstrap principal.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use atrest_azure::{AzureClient, CertificateCredential, ClientConfig, ClientCredential, RetryPolicy, TransportConfig};
 use atrest_domain::{AzureEnvironment, AzureUuid, KeyIdentifier};
-use atrest_emulator::state::{Application, Fault, FaultKind, ServicePrincipal};
 use atrest_emulator::{Emulator, EmulatorConfig, PrincipalInfo};
 
 pub const KEY_VAULT_CRYPTO_USER: &str = "12338af0-0e69-4776-bea7-57ae8d297424";
@@ -31,6 +30,8 @@ pub fn now() -> i64 {
 pub struct World {
     pub emu: Emulator,
     pub dir: tempfile::TempDir,
+    /// The bootstrap principal: the only caller the admin API accepts.
+    pub bootstrap: Admin,
 }
 
 /// The platform app: registered in its home tenant with a certificate credential.
@@ -59,141 +60,133 @@ pub fn quick_retry() -> RetryPolicy {
     }
 }
 
+fn config_for(emu: &Emulator, retry: RetryPolicy) -> ClientConfig {
+    let mut transport = TransportConfig::with_override(emu.addr(), emu.ca_pem());
+    transport.request_timeout = Duration::from_secs(10);
+    ClientConfig { transport, retry }
+}
+
 impl World {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let emu = Emulator::start(EmulatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path())).await.unwrap();
-        Self { emu, dir }
+        let bootstrap = Admin::with_config(&config_for(&emu, quick_retry()), emu.info().bootstrap.clone());
+        // Fetch the admin token now, so that faults injected on the token endpoint later
+        // do not stand between the test and the admin API.
+        bootstrap.client.tokens().arm_token(AzureEnvironment::Azure, &bootstrap.tenant).await.unwrap();
+        Self { emu, dir, bootstrap }
     }
 
     /// Client configuration that sends every Azure host name to the emulator and trusts its CA.
     pub fn config(&self, retry: RetryPolicy) -> ClientConfig {
-        let mut transport = TransportConfig::with_override(self.emu.addr(), self.emu.ca_pem());
-        transport.request_timeout = Duration::from_secs(10);
-        ClientConfig { transport, retry }
+        config_for(&self.emu, retry)
     }
 
     pub fn client(&self, credential: ClientCredential) -> AzureClient {
         AzureClient::new(&self.config(quick_retry()), credential).unwrap()
     }
 
+    /// A call to the admin API; asserts a 2xx answer.
+    pub async fn admin_api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (s, b) = self.bootstrap.arm(method.clone(), &format!("/_emulator/{path}"), body).await;
+        assert!((200..300).contains(&s), "{method} /_emulator/{path}: {s} {b}");
+        b
+    }
+
     /// A new tenant with a subscription and an admin principal (Owner, Key Vault Administrator,
-    /// directory admin), as `POST /_emulator/tenants` returns it.
-    pub fn new_tenant(&self, name: &str) -> PrincipalInfo {
-        self.emu
-            .ctx()
-            .mutate(|s| -> anyhow::Result<PrincipalInfo> {
-                Ok(s.create_tenant_with_admin(name, AzureEnvironment::Azure, now()))
-            })
-            .unwrap()
+    /// directory admin).
+    pub async fn new_tenant(&self, name: &str) -> PrincipalInfo {
+        let b = self.admin_api(reqwest::Method::POST, "tenants", Some(json!({"display_name": name}))).await;
+        serde_json::from_value(b).unwrap()
     }
 
     /// Register the multi-tenant platform app in `home` with a fresh certificate, and its
-    /// service principal in `home` (Entra creates that one with the registration).
-    pub fn register_platform_app(&self, home: &AzureUuid) -> PlatformApp {
+    /// service principal in `home`.
+    pub async fn register_platform_app(&self, home: &AzureUuid) -> PlatformApp {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, "atrest platform");
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
         let cert = params.self_signed(&key).unwrap();
-        let der = cert.der().to_vec();
-        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
-        let digest = |alg| hex::encode(aws_lc_rs::digest::digest(alg, &der).as_ref());
-        let credential = atrest_emulator::state::CertificateCredential {
-            key_id: Uuid::new_v4(),
-            sha1: digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY),
-            sha256: digest(&aws_lc_rs::digest::SHA256),
-            spki_der_b64: STANDARD.encode(parsed.public_key().raw),
-            not_before: parsed.validity().not_before.timestamp(),
-            not_after: parsed.validity().not_after.timestamp(),
-        };
-        let app = Application {
-            object_id: Uuid::new_v4(),
-            app_id: Uuid::new_v4(),
-            home_tenant: home.as_uuid(),
-            display_name: "atrest platform".into(),
-            multi_tenant: true,
-            secrets: vec![],
-            certificates: vec![credential],
-            federated: vec![],
-            created: now(),
-        };
-        let app_id = app.app_id;
-        self.emu
-            .ctx()
-            .mutate(|s| -> anyhow::Result<()> {
-                s.applications.insert(app.object_id, app);
-                Ok(())
-            })
-            .unwrap();
-        self.add_sp_directly(app_id, home.as_uuid());
+        let b = self
+            .admin_api(
+                reqwest::Method::POST,
+                "applications",
+                Some(json!({
+                    "home_tenant_id": home.to_string(),
+                    "display_name": "atrest platform",
+                    "multi_tenant": true,
+                    "certificate_pem": cert.pem(),
+                    "create_service_principal": true,
+                })),
+            )
+            .await;
         PlatformApp {
-            app_id: app_id.to_string().parse().unwrap(),
+            app_id: b["app_id"].as_str().unwrap().parse().unwrap(),
             home_tenant: *home,
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
     }
 
-    /// Edit an application in the emulator's state.
-    pub fn edit_app(&self, app_id: &AzureUuid, f: impl FnOnce(&mut Application)) {
-        self.emu
-            .ctx()
-            .mutate(|s| -> anyhow::Result<()> {
-                f(s.applications.values_mut().find(|a| a.app_id == app_id.as_uuid()).unwrap());
-                Ok(())
-            })
-            .unwrap();
+    /// Add a federated identity credential to an app.
+    pub async fn add_federated_credential(&self, app_id: &AzureUuid, issuer: &str, subject: &str) {
+        self.admin_api(
+            reqwest::Method::POST,
+            &format!("applications/{app_id}/credentials"),
+            Some(json!({"federated": {"issuer": issuer, "subject": subject}})),
+        )
+        .await;
     }
 
-    /// A service principal put straight into the state (for tests about tokens only; the
-    /// end-to-end tests create theirs through Graph).
-    pub fn add_sp_directly(&self, app_id: Uuid, tenant: Uuid) -> Uuid {
-        let sp = ServicePrincipal {
-            object_id: Uuid::new_v4(),
-            tenant_id: tenant,
-            app_id,
-            display_name: "atrest platform".into(),
-            account_enabled: true,
-            directory_admin: false,
-            created: now(),
-        };
-        let id = sp.object_id;
-        self.emu
-            .ctx()
-            .mutate(|s| -> anyhow::Result<()> {
-                s.service_principals.insert(id, sp);
-                Ok(())
-            })
-            .unwrap();
-        id
+    /// A service principal created through the admin API (for tests about tokens only; the
+    /// end-to-end tests create theirs through Graph, as the customer would).
+    pub async fn add_service_principal(&self, app_id: &AzureUuid, tenant: &AzureUuid) -> AzureUuid {
+        let b = self
+            .admin_api(
+                reqwest::Method::POST,
+                "service-principals",
+                Some(json!({"tenant_id": tenant.to_string(), "app_id": app_id.to_string()})),
+            )
+            .await;
+        b["object_id"].as_str().unwrap().parse().unwrap()
     }
 
-    pub fn set_sp_enabled(&self, sp: Uuid, enabled: bool) {
-        self.emu
-            .ctx()
-            .mutate(|s| -> anyhow::Result<()> {
-                s.service_principals.get_mut(&sp).unwrap().account_enabled = enabled;
-                Ok(())
-            })
-            .unwrap();
+    pub async fn set_sp_enabled(&self, sp: &AzureUuid, enabled: bool) {
+        self.admin_api(
+            reqwest::Method::PATCH,
+            &format!("service-principals/{sp}"),
+            Some(json!({"account_enabled": enabled})),
+        )
+        .await;
     }
 
-    /// Inject a fault on `host` for `remaining` requests (`None`: until cleared).
-    pub fn fault(&self, host: &str, kind: FaultKind, remaining: Option<u64>) {
-        self.emu.ctx().faults.lock().push(Fault {
-            id: Uuid::new_v4(),
-            host: Some(host.to_ascii_lowercase()),
-            vault: None,
-            path_prefix: None,
-            kind,
-            remaining,
-        });
+    pub async fn settings(&self, settings: Value) {
+        self.admin_api(reqwest::Method::PATCH, "settings", Some(settings)).await;
     }
 
-    pub fn clear_faults(&self) {
-        self.emu.ctx().faults.lock().clear();
+    /// Inject a fault on `host` for `count` requests (`None`: until cleared). `kind` is the
+    /// admin API's `{"kind": ...}` object.
+    pub async fn host_fault(&self, host: &str, kind: Value, count: Option<u64>) {
+        let mut body = json!({"host": host, "kind": kind});
+        if let Some(n) = count {
+            body["count"] = json!(n);
+        }
+        self.admin_api(reqwest::Method::POST, "faults", Some(body)).await;
+    }
+
+    /// Inject a fault on one vault.
+    pub async fn vault_fault(&self, vault: &str, kind: Value, count: Option<u64>) {
+        let mut body = json!({"vault": vault, "kind": kind});
+        if let Some(n) = count {
+            body["count"] = json!(n);
+        }
+        self.admin_api(reqwest::Method::POST, "faults", Some(body)).await;
+    }
+
+    pub async fn clear_faults(&self) {
+        self.admin_api(reqwest::Method::DELETE, "faults", None).await;
     }
 }
 
@@ -207,13 +200,17 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(world: &World, info: PrincipalInfo) -> Self {
+        Self::with_config(&world.config(quick_retry()), info)
+    }
+
+    fn with_config(config: &ClientConfig, info: PrincipalInfo) -> Self {
         let tenant: AzureUuid = info.tenant_id.parse().unwrap();
         let subscription: AzureUuid = info.subscription_id.parse().unwrap();
         let credential = ClientCredential::client_secret(
             info.client_id.parse().unwrap(),
             SecretString::from(info.client_secret.clone()),
         );
-        let client = world.client(credential);
+        let client = AzureClient::new(config, credential).unwrap();
         Self { info, tenant, subscription, client }
     }
 
@@ -352,16 +349,4 @@ impl Admin {
             serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         claims["oid"].as_str().unwrap().parse().unwrap()
     }
-}
-
-/// A fault on one vault (any cloud) for `remaining` requests.
-pub fn vault_fault(world: &World, vault: &str, kind: FaultKind, remaining: Option<u64>) {
-    world.emu.ctx().faults.lock().push(Fault {
-        id: Uuid::new_v4(),
-        host: None,
-        vault: Some(vault.to_ascii_lowercase()),
-        path_prefix: None,
-        kind,
-        remaining,
-    });
 }
