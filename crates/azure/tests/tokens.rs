@@ -51,6 +51,13 @@ async fn certificate_assertion_gets_a_token_in_the_customer_tenant_with_both_alg
         assert_eq!(cl["aud"], "https://vault.azure.net");
         assert!(t.expires_in() > Duration::from_secs(3000));
         assert_eq!(client.token_stats().token_requests, 1);
+
+        // Nothing secret in any Debug output: not the cached token, not the private key.
+        let key_line = platform.key_pem.lines().nth(1).unwrap();
+        let signature = t.expose_secret().rsplit('.').next().unwrap();
+        for shown in [format!("{client:?}"), format!("{t:?}"), format!("{:?}", client.tokens())] {
+            assert!(!shown.contains(signature) && !shown.contains(key_line), "{shown}");
+        }
     }
 }
 
