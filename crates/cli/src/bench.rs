@@ -25,11 +25,20 @@ pub enum Which {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Token cache single flight: CALLERS concurrent callers across TENANTS customer tenants
+    /// must cause exactly TENANTS token requests.
+    TokenCache {
+        #[arg(long, default_value_t = 1000)]
+        callers: usize,
+        #[arg(long, default_value_t = 50)]
+        tenants: usize,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::EmulatorUnwrap { seconds, concurrency } => emulator_unwrap(seconds, concurrency).await,
+        Which::TokenCache { callers, tenants } => token_cache(callers, tenants).await,
     }
 }
 
@@ -172,4 +181,68 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("atrest-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+async fn token_cache(callers: usize, tenants: usize) -> anyhow::Result<()> {
+    use atrest_azure::{AzureClient, CertificateCredential, ClientConfig, ClientCredential, EndpointOverride};
+    let dir = tempfile_dir()?;
+    let emu =
+        atrest_emulator::Emulator::start(atrest_emulator::EmulatorConfig::new("127.0.0.1:0".parse()?, &dir)).await?;
+    let http = emulator_client(emu.addr(), &emu.ca_pem())?;
+    let az = Azure { http };
+    let admin = az.token(&emu.info().bootstrap, "https://management.azure.com/.default").await?;
+    let post = |path: &'static str, body: serde_json::Value| {
+        let (az, admin) = (&az, &admin);
+        async move {
+            let url = format!("https://management.azure.com/_emulator/{path}");
+            az.call(reqwest::Method::POST, &url, admin, Some(body), "admin API").await
+        }
+    };
+    let platform = post("tenants", json!({"display_name": "Platform"})).await?;
+    let (cert_pem, key_pem) = crate::demo::platform_certificate()?;
+    let app = post(
+        "applications",
+        json!({"home_tenant_id": platform["tenant_id"], "display_name": "platform", "multi_tenant": true, "certificate_pem": cert_pem}),
+    )
+    .await?;
+    let app_id: atrest_domain::AzureUuid = app["app_id"].as_str().context("app_id")?.parse()?;
+    eprintln!("creating {tenants} customer tenants with the platform's service principal ...");
+    let mut ids = Vec::new();
+    for i in 0..tenants {
+        let t = post("tenants", json!({"display_name": format!("Customer {i}")})).await?;
+        post("service-principals", json!({"tenant_id": t["tenant_id"], "app_id": app_id.to_string()})).await?;
+        ids.push(t["tenant_id"].as_str().context("tenant_id")?.parse::<atrest_domain::AzureUuid>()?);
+    }
+    let mut config = ClientConfig::default();
+    config.transport.endpoint_override = Some(EndpointOverride { addr: emu.addr(), extra_ca_pem: emu.ca_pem() });
+    let cert = CertificateCredential::from_pem(&cert_pem, &key_pem.into())?;
+    let client = AzureClient::new(&config, ClientCredential::certificate(app_id, cert))?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let (client, tenant) = (client.clone(), ids[i % ids.len()]);
+        tasks.push(tokio::spawn(async move {
+            client.tokens().key_vault_token(atrest_domain::AzureEnvironment::Azure, &tenant).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed();
+    let stats = client.token_stats();
+    emu.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{callers} concurrent callers across {tenants} tenants: {} token requests (expected {tenants}), {} cache hits, {} misses, {:.0} ms",
+        stats.token_requests,
+        stats.cache_hits,
+        stats.cache_misses,
+        elapsed.as_secs_f64() * 1000.0
+    );
+    println!(
+        "target: exactly one token request per (tenant, scope): {}",
+        if stats.token_requests == tenants as u64 { "MET" } else { "NOT MET" }
+    );
+    anyhow::ensure!(stats.token_requests == tenants as u64, "token requests {} != {tenants}", stats.token_requests);
+    Ok(())
 }

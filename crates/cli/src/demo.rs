@@ -96,7 +96,7 @@ async fn expect_ok(r: reqwest::Response, what: &str) -> anyhow::Result<Value> {
 }
 
 /// A self-signed RSA certificate for the platform app (Entra certificate credentials are RSA).
-fn platform_certificate() -> anyhow::Result<(String, String)> {
+pub(crate) fn platform_certificate() -> anyhow::Result<(String, String)> {
     let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
         .map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
     let der = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp)
