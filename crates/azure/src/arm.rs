@@ -19,7 +19,9 @@ use crate::retry::RetryPolicy;
 use crate::token::TokenProvider;
 use crate::token_cache::AccessToken;
 
+/// `Microsoft.KeyVault/vaults` api-version.
 pub const VAULTS_API_VERSION: &str = "2023-07-01";
+/// `Microsoft.Authorization` (role assignments and definitions) api-version.
 pub const AUTHORIZATION_API_VERSION: &str = "2022-04-01";
 /// A bound on `nextLink` pages, so a misbehaving server cannot keep us reading forever.
 const MAX_PAGES: usize = 100;
@@ -27,12 +29,16 @@ const MAX_PAGES: usize = 100;
 /// Where a vault lives in ARM.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VaultRef {
+    /// The subscription that holds the vault.
     pub subscription_id: AzureUuid,
+    /// The resource group, as the customer named it.
     pub resource_group: String,
+    /// The vault name.
     pub name: VaultName,
 }
 
 impl VaultRef {
+    /// A vault reference from its three ARM coordinates.
     pub fn new(subscription_id: AzureUuid, resource_group: impl Into<String>, name: VaultName) -> Self {
         Self { subscription_id, resource_group: resource_group.into(), name }
     }
@@ -49,10 +55,13 @@ impl VaultRef {
 /// A vault access policy entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessPolicy {
+    /// The tenant of the principal the policy names.
     pub tenant_id: String,
+    /// The principal's object id.
     pub object_id: String,
     /// Set only for compound identities (user + app); `None` for an app-only principal.
     pub application_id: Option<String>,
+    /// Key permissions (`get`, `wrapKey`, `unwrapKey`, ...), as stored (case varies).
     pub key_permissions: Vec<String>,
 }
 
@@ -67,18 +76,27 @@ impl AccessPolicy {
 /// The vault properties atrest validates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaultProperties {
+    /// The ARM resource id.
     pub id: String,
+    /// The vault name.
     pub name: String,
+    /// The Azure region.
     pub location: String,
     /// The tenant whose tokens the vault accepts.
     pub tenant_id: Option<AzureUuid>,
+    /// When true, the data plane uses RBAC and ignores access policies.
     pub enable_rbac_authorization: bool,
+    /// The access policies (used only when RBAC authorization is off).
     pub access_policies: Vec<AccessPolicy>,
+    /// Soft delete (on for every vault since 2020).
     pub enable_soft_delete: bool,
+    /// Purge protection: deleted keys cannot be purged before the retention period ends.
     pub enable_purge_protection: bool,
     /// `Enabled` or `Disabled` (absent means `Enabled`).
     pub public_network_access: Option<String>,
+    /// `https://{vault}.{suffix}/`.
     pub vault_uri: Option<String>,
+    /// `standard` or `premium`.
     pub sku_name: Option<String>,
 }
 
@@ -100,12 +118,17 @@ impl VaultProperties {
 /// A role assignment, with the role's name resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleAssignment {
+    /// The assignment's full ARM id.
     pub id: String,
+    /// The scope it was made at (at or above the scope asked about).
     pub scope: String,
+    /// The full role definition id.
     pub role_definition_id: String,
     /// `Key Vault Crypto User`, ...; `None` when the definition no longer exists.
     pub role_name: Option<String>,
+    /// The assignee's object id (the principal, or a group it belongs to).
     pub principal_id: String,
+    /// `ServicePrincipal`, `User`, `Group`, ...
     pub principal_type: Option<String>,
 }
 
@@ -215,6 +238,7 @@ pub struct ArmClient {
 }
 
 impl ArmClient {
+    /// A client that reads with tokens from `tokens` issued in `tenant`.
     pub fn new(tokens: TokenProvider, environment: AzureEnvironment, tenant: AzureUuid, retry: RetryPolicy) -> Self {
         Self { tokens, environment, tenant, retry }
     }

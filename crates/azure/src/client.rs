@@ -20,7 +20,9 @@ use crate::transport::{Transport, TransportConfig};
 /// Transport and retry settings.
 #[derive(Debug, Clone, Default)]
 pub struct ClientConfig {
+    /// Timeouts and the endpoint override.
     pub transport: TransportConfig,
+    /// Retries for every call (tokens, Key Vault, ARM).
     pub retry: RetryPolicy,
 }
 
@@ -53,6 +55,7 @@ impl AzureClient {
         &self.tokens
     }
 
+    /// The shared transport (connection pool).
     pub fn transport(&self) -> &Transport {
         self.tokens.transport()
     }

@@ -120,6 +120,7 @@ impl CertificateCredential {
         self
     }
 
+    /// The assertion algorithm in use.
     pub fn algorithm(&self) -> AssertionAlgorithm {
         self.algorithm
     }
@@ -179,6 +180,7 @@ pub struct FederatedTokenFile {
 }
 
 impl FederatedTokenFile {
+    /// A token file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
     }
@@ -188,6 +190,7 @@ impl FederatedTokenFile {
         std::env::var_os(FEDERATED_TOKEN_FILE_ENV).filter(|v| !v.is_empty()).map(Self::new)
     }
 
+    /// Where the token is read from.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -208,7 +211,9 @@ impl FederatedTokenFile {
 
 /// How the platform app authenticates.
 pub enum CredentialKind {
+    /// A certificate and its private key: signed client assertions.
     Certificate(CertificateCredential),
+    /// A token from the platform's OIDC issuer, re-read for every request.
     FederatedTokenFile(FederatedTokenFile),
     /// Legacy static mode only: a secret the customer created for their own app.
     ClientSecret(SecretString),
@@ -248,26 +253,32 @@ impl std::fmt::Debug for TokenForm {
 }
 
 impl ClientCredential {
+    /// An app id with its credential.
     pub fn new(client_id: AzureUuid, kind: CredentialKind) -> Self {
         Self { client_id, kind }
     }
 
+    /// An app id with a certificate credential.
     pub fn certificate(client_id: AzureUuid, cert: CertificateCredential) -> Self {
         Self::new(client_id, CredentialKind::Certificate(cert))
     }
 
+    /// An app id with a federated token file.
     pub fn federated_token_file(client_id: AzureUuid, file: FederatedTokenFile) -> Self {
         Self::new(client_id, CredentialKind::FederatedTokenFile(file))
     }
 
+    /// An app id with a client secret (legacy static mode only).
     pub fn client_secret(client_id: AzureUuid, secret: SecretString) -> Self {
         Self::new(client_id, CredentialKind::ClientSecret(secret))
     }
 
+    /// The application (client) id.
     pub fn client_id(&self) -> &AzureUuid {
         &self.client_id
     }
 
+    /// The kind of credential.
     pub fn kind(&self) -> &CredentialKind {
         &self.kind
     }

@@ -16,14 +16,19 @@ use crate::error::{Error, ErrorKind, Service, kind_for_status};
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct EntraErrorBody {
     #[serde(default)]
+    /// The OAuth error (`invalid_client`, `unauthorized_client`, ...).
     pub error: String,
     #[serde(default)]
+    /// `AADSTS<code>: <message>`, then trace lines.
     pub error_description: String,
     #[serde(default)]
+    /// The AADSTS codes; the first is the one that matters.
     pub error_codes: Vec<u32>,
     #[serde(default)]
+    /// Entra's trace id, for a support request.
     pub trace_id: Option<String>,
     #[serde(default)]
+    /// Entra's correlation id, for a support request.
     pub correlation_id: Option<String>,
 }
 

@@ -30,6 +30,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// A short lowercase name (`denied`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Denied => "denied",
@@ -73,6 +74,7 @@ pub enum Service {
 }
 
 impl Service {
+    /// The service's display name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Entra => "Entra ID",
@@ -158,10 +160,12 @@ impl Error {
         self.attempts = attempts;
     }
 
+    /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// Which service failed.
     pub fn service(&self) -> Service {
         self.service
     }

@@ -77,14 +77,21 @@ pub struct KeyProperties {
     pub key_ops: Vec<String>,
     /// RSA modulus and public exponent (big-endian), when the key is RSA.
     pub n: Option<Vec<u8>>,
+    /// RSA public exponent (big-endian).
     pub e: Option<Vec<u8>>,
+    /// Whether the version is enabled.
     pub enabled: bool,
     /// Not valid before / after (Unix seconds).
     pub not_before: Option<i64>,
+    /// Not valid after (Unix seconds).
     pub expires: Option<i64>,
+    /// Creation time (Unix seconds).
     pub created: Option<i64>,
+    /// Last update (Unix seconds).
     pub updated: Option<i64>,
+    /// Key Vault's `recoveryLevel` (`Recoverable+Purgeable`, ...).
     pub recovery_level: Option<String>,
+    /// The key's tags (a binding check can look for one naming the allowed project).
     pub tags: BTreeMap<String, String>,
     /// Set when the key backs a certificate.
     pub managed: bool,
@@ -130,7 +137,9 @@ fn fmt_unix(t: i64) -> String {
 pub struct Ciphertext {
     /// The key version that produced it; unwrap with exactly this one.
     pub key_id: KeyIdentifier,
+    /// The algorithm it was produced with; unwrap with the same.
     pub algorithm: EncryptionAlgorithm,
+    /// The ciphertext bytes.
     pub value: Vec<u8>,
 }
 
@@ -139,6 +148,7 @@ pub struct Ciphertext {
 pub struct Plaintext {
     /// The key version that produced it.
     pub key_id: KeyIdentifier,
+    /// The plaintext bytes.
     pub value: SecretSlice<u8>,
 }
 
@@ -233,6 +243,7 @@ impl KeyVaultClient {
         Self { tokens, tenant, retry }
     }
 
+    /// The tenant tokens are requested in.
     pub fn tenant(&self) -> &AzureUuid {
         &self.tenant
     }

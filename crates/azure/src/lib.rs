@@ -17,6 +17,8 @@
 //! This crate knows Azure's JSON and nothing of Atlas's or the store's. No token, assertion,
 //! secret or unwrapped key is ever logged, and no `Debug` output shows one.
 
+#![warn(missing_docs)]
+
 pub mod arm;
 mod client;
 pub mod credential;

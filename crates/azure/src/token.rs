@@ -53,18 +53,22 @@ enum NumberOrString {
 }
 
 impl TokenProvider {
+    /// A provider for `credential`, caching in `cache` (share one cache per process).
     pub fn new(transport: Transport, credential: ClientCredential, cache: Arc<TokenCache>, retry: RetryPolicy) -> Self {
         Self { inner: Arc::new(Inner { transport, credential, cache, retry }) }
     }
 
+    /// The application (client) id.
     pub fn client_id(&self) -> &AzureUuid {
         self.inner.credential.client_id()
     }
 
+    /// The cache it shares.
     pub fn cache(&self) -> &Arc<TokenCache> {
         &self.inner.cache
     }
 
+    /// The transport it uses.
     pub fn transport(&self) -> &Transport {
         &self.inner.transport
     }

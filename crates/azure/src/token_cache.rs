@@ -62,6 +62,7 @@ impl AccessToken {
         self.secret.expose_secret()
     }
 
+    /// When the token expires.
     pub fn expires_at(&self) -> Instant {
         self.expires_at
     }
@@ -93,7 +94,9 @@ pub struct CacheKey {
     pub authority: String,
     /// The tenant the token is issued in (the customer's, for Key Vault).
     pub tenant: AzureUuid,
+    /// The application (client) id.
     pub client_id: AzureUuid,
+    /// `{resource}/.default`.
     pub scope: String,
 }
 
@@ -141,10 +144,12 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
+    /// An empty cache.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> TokenCacheStats {
         TokenCacheStats {
             token_requests: self.token_requests.load(Ordering::Relaxed),

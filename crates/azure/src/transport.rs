@@ -91,6 +91,7 @@ impl reqwest::dns::Resolve for OverrideResolver {
 }
 
 impl Transport {
+    /// Build the pooled client; fails only on a bad override CA.
     pub fn new(config: &TransportConfig) -> Result<Self, Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
