@@ -171,6 +171,31 @@ async fn concurrent_callers_cause_one_token_request_per_tenant() {
     assert_eq!(client.token_stats().token_requests, tenants.len() as u64 + 1);
 }
 
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_ahead_of_expiry() {
+    let w = World::start().await;
+    // Tokens issued from now on live 3 s: the client refreshes them once 1 s (a third) is left.
+    w.settings(json!({"token_lifetime_secs": 3})).await;
+    let p = w.new_tenant("Platform").await;
+    let c = w.new_tenant("Customer").await;
+    let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
+    let customer: AzureUuid = c.tenant_id.parse().unwrap();
+    w.add_service_principal(&platform.app_id, &customer).await;
+    let client = w.client(platform.credential());
+
+    let first = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
+    assert!(first.expires_in() <= Duration::from_secs(3));
+    let again = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
+    assert_eq!(again.expose_secret(), first.expose_secret());
+    assert_eq!(client.token_stats().token_requests, 1);
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refreshed = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
+    assert_ne!(refreshed.expose_secret(), first.expose_secret());
+    assert_eq!(client.token_stats().token_requests, 2);
+    assert!(claims(refreshed.expose_secret())["exp"].as_i64() > claims(first.expose_secret())["exp"].as_i64());
+}
+
 // ------------------------------------------------------------------------------------------
 // Federated credentials, with an OIDC issuer served here
 // ------------------------------------------------------------------------------------------
