@@ -1280,3 +1280,127 @@ async fn bad_input_gets_key_vault_shaped_4xx_and_changes_nothing() {
     let r = wrap(&t, &kid, &tok, "RSA-OAEP", b"fine").await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Throughput (not part of the normal run: `cargo test --release -p atrest-emulator --test
+// keyvault -- --ignored --nocapture unwrap_throughput`). The CLI's `atrest bench
+// emulator-unwrap` is the reported benchmark; this one needs no other surface.
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`; `None` off Linux.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "throughput measurement; run in release"]
+async fn unwrap_throughput_over_tls() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let seconds: u64 = std::env::var("KV_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let concurrency: usize = std::env::var("KV_BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
+    let t = TestEmu::start().await;
+    let vault = add_vault(&t, VaultSpec::default());
+    let tok = admin_token(&t);
+    // A realistic caller: a Crypto User at vault scope among a few other assignments.
+    let sp = add_sp(&t);
+    for _ in 0..20 {
+        assign(&t, &add_sp(&t), &vault_id(&t, &vault), CRYPTO_USER);
+    }
+    assign(&t, &sp, &vault_id(&t, &vault), CRYPTO_USER);
+    let user = t.mint(&sp, "https://vault.azure.net");
+    let k = create_key(&t, &vault, "bench", &tok, json!({"kty": "RSA", "key_size": 2048})).await;
+    let kid = k["key"]["kid"].as_str().unwrap().to_string();
+    let w = wrap(&t, &kid, &tok, "RSA-OAEP-256", &[9u8; 32]).await.body["value"].as_str().unwrap().to_string();
+    let body = Arc::new(serde_json::to_vec(&json!({"alg": "RSA-OAEP-256", "value": w})).unwrap());
+    let url = Arc::new(format!("{kid}/unwrapkey?{API}"));
+
+    // Raw aws-lc RSA-2048 OAEP decryptions on all cores, same process, same run.
+    let raw = {
+        use aws_lc_rs::rsa::{KeySize, OaepPrivateDecryptingKey, PrivateDecryptingKey};
+        let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+        let public = OaepPublicEncryptingKey::new(key.public_key()).unwrap();
+        let mut ct = vec![0u8; public.ciphertext_size()];
+        let n = public.encrypt(&OAEP_SHA256_MGF1SHA256, &[7u8; 32], &mut ct, None).unwrap().len();
+        ct.truncate(n);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let ops = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let cpu0 = process_cpu_seconds();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let key = OaepPrivateDecryptingKey::new(key.clone()).unwrap();
+                let (ops, ct) = (ops.clone(), ct.clone());
+                s.spawn(move || {
+                    let mut out = vec![0u8; key.min_output_size()];
+                    while Instant::now() < deadline {
+                        key.decrypt(&OAEP_SHA256_MGF1SHA256, &ct, &mut out, None).unwrap();
+                        ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let n = ops.load(Ordering::Relaxed) as f64;
+        let cpu = process_cpu_seconds().zip(cpu0).map(|(b, a)| (b - a) / n);
+        (n / seconds as f64, cpu)
+    };
+    let (raw, raw_cpu) = raw;
+
+    let ops = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu0 = process_cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, body, user, ops, errors) =
+            (t.http.clone(), url.clone(), body.clone(), user.clone(), ops.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let r = http
+                    .post(url.as_str())
+                    .bearer_auth(&user)
+                    .header("content-type", "application/json")
+                    .body(body.as_ref().clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let n = ops.load(Ordering::Relaxed) as f64;
+    let rate = n / started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds().zip(cpu0).map(|(b, a)| (b - a) / n);
+    println!("emulator unwrapkey RSA-2048 OAEP-256 over TLS, RBAC, {concurrency} in flight: {rate:.0}/s");
+    println!("raw aws-lc-rs RSA-2048 OAEP-256 decrypt, all cores:                      {raw:.0}/s");
+    println!("ratio {:.2}; errors {}", rate / raw, errors.load(Ordering::Relaxed));
+    // Wall-clock rates depend on what else the machine runs; CPU time per operation does not.
+    // The emulator figure includes the in-process client (reqwest, TLS, HTTP/2) as well.
+    if let (Some(emu), Some(raw)) = (cpu, raw_cpu) {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) as f64;
+        println!(
+            "CPU per op: emulator+client {:.0} us, raw {:.0} us; projected on {cores} idle cores: {:.0}/s",
+            emu * 1e6,
+            raw * 1e6,
+            cores / emu
+        );
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+}
