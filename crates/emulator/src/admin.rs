@@ -58,12 +58,7 @@ fn reject(r: Response) -> Reject {
 
 impl From<anyhow::Error> for Reject {
     fn from(e: anyhow::Error) -> Self {
-        tracing::error!(error = %e, "admin: persisting state failed");
-        reject(errors::arm(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalServerError",
-            "The emulator could not persist the change (see its log); nothing was changed.",
-        ))
+        reject(errors::persist_failed(errors::Surface::Admin, &e))
     }
 }
 

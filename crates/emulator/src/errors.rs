@@ -132,11 +132,29 @@ pub fn throttled(surface: Surface, retry_after_secs: u64) -> Response {
 
 /// An injected 5xx in the surface's shape.
 pub fn injected_server_error(surface: Surface, status: StatusCode) -> Response {
-    let msg = "The service is temporarily unavailable (fault injected by the emulator). Retry the request.";
+    server_error(
+        surface,
+        status,
+        "The service is temporarily unavailable (fault injected by the emulator). Retry the request.",
+    )
+}
+
+fn server_error(surface: Surface, status: StatusCode, msg: &str) -> Response {
     match surface {
         Surface::Vault => vault(status, "ServiceUnavailable", msg, None),
         Surface::Graph => graph(status, "serviceNotAvailable", msg),
         Surface::Entra => aad(status, "temporarily_unavailable", 90033, msg),
         Surface::Arm | Surface::Admin => arm(status, "ServiceUnavailable", msg),
     }
+}
+
+/// The state could not be written to disk, so the change was not applied. That is the
+/// emulator's fault and retryable: a 503 in the surface's shape, never a 500.
+pub fn persist_failed(surface: Surface, error: &anyhow::Error) -> Response {
+    tracing::error!(error = %error, ?surface, "persisting emulator state failed");
+    server_error(
+        surface,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The emulator could not persist the change; nothing was changed. See the emulator log and retry the request.",
+    )
 }

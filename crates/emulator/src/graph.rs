@@ -42,12 +42,7 @@ fn reject(r: Response) -> Reject {
 
 impl From<anyhow::Error> for Reject {
     fn from(e: anyhow::Error) -> Self {
-        tracing::error!(error = %e, "graph: persisting state failed");
-        reject(errors::graph(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "generalException",
-            "The emulator could not persist the change (see its log); nothing was changed.",
-        ))
+        reject(errors::persist_failed(errors::Surface::Graph, &e))
     }
 }
 

@@ -301,7 +301,8 @@ impl RoleAssignment {
     }
 }
 
-/// Switches set through the admin API. They persist with the rest of the state.
+/// Switches set through the admin API. They persist with the rest of the state; faults and
+/// vault throttles are runtime-only and live in [`crate::Inner`] instead.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     /// Seconds before a new or removed role assignment takes effect on authorization.
@@ -310,12 +311,6 @@ pub struct Settings {
     pub clock_shift_secs: i64,
     /// Lifetime of issued access tokens.
     pub token_lifetime_secs: u64,
-    /// Faults, matched in order; the first match applies.
-    #[serde(default)]
-    pub faults: Vec<Fault>,
-    /// Per-vault throttling: (lowercase vault name → limit).
-    #[serde(default)]
-    pub throttles: Map<String, Throttle>,
     /// Private-endpoint listeners (recreated on start, on the same port when possible).
     #[serde(default)]
     pub private_endpoints: Vec<PrivateEndpoint>,
@@ -333,8 +328,6 @@ impl Default for Settings {
             rbac_propagation_delay_secs: 0,
             clock_shift_secs: 0,
             token_lifetime_secs: 3599,
-            faults: Vec::new(),
-            throttles: Map::new(),
             private_endpoints: Vec::new(),
             trusted_issuer_ca_pems: Vec::new(),
             allow_http_issuers: false,
@@ -369,12 +362,6 @@ pub enum FaultKind {
     Reset,
     /// Never answer (the connection stays open until the client gives up).
     Blackhole,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Throttle {
-    pub limit: u64,
-    pub window_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -85,12 +85,7 @@ impl From<Response> for ArmError {
 /// Only a failed write of `state.json` gets here: the change was not applied.
 impl From<anyhow::Error> for ArmError {
     fn from(e: anyhow::Error) -> Self {
-        tracing::error!(error = %e, "ARM change could not be persisted");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalServerError",
-            "The emulator could not persist the change, so nothing was changed. See the emulator log.",
-        )
+        Self(Box::new(errors::persist_failed(errors::Surface::Arm, &e)))
     }
 }
 

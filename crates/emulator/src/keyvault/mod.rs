@@ -67,14 +67,7 @@ impl From<Response> for Reject {
 /// emulator's fault and retryable, so it is a 503, never a 500.
 impl From<anyhow::Error> for Reject {
     fn from(e: anyhow::Error) -> Self {
-        tracing::error!(error = %e, "persisting Key Vault state failed");
-        errors::vault(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "The emulator could not persist the change; nothing was changed. Retry the request.",
-            None,
-        )
-        .into()
+        errors::persist_failed(errors::Surface::Vault, &e).into()
     }
 }
 
