@@ -1,0 +1,213 @@
+//! Atlas's versioned media types, and the `envelope` and `pretty` query parameters.
+//!
+//! - `Accept: application/vnd.atlas.YYYY-MM-DD+json` resolves to the newest version of the
+//!   operation on or before that date (atlas-admin-api.md §7.5). Every operation here exists
+//!   only as 2023-01-01, so any date from 2023-01-01 on resolves to it; an earlier date, the
+//!   preview type, a malformed date or no Atlas type at all is `406 INVALID_VERSION_DATE`
+//!   (the code and detail live Atlas answers with).
+//! - Request bodies may be `application/json` or the vendor type; anything else is 415.
+//! - Successful responses carry `Content-Type: application/vnd.atlas.<resolved>+json`; errors
+//!   stay `application/json`, as in Atlas.
+//! - `envelope=true` wraps the body as `{status, content}` (lists: adds `status` beside
+//!   `results`); `pretty=true` indents it.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::Value;
+
+use crate::error::{ApiError, codes};
+
+/// The versions of the in-scope operations, oldest first.
+pub const VERSIONS: &[&str] = &["2023-01-01"];
+
+/// The version a request resolved to, available to handlers as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiVersion(pub &'static str);
+
+impl ApiVersion {
+    pub fn media_type(self) -> String {
+        format!("application/vnd.atlas.{}+json", self.0)
+    }
+}
+
+fn not_acceptable() -> ApiError {
+    ApiError::new(StatusCode::NOT_ACCEPTABLE, codes::INVALID_VERSION_DATE, "Invalid accept header or version date.")
+        .with_field(
+            "Accept",
+            format!(
+                "send Accept: application/vnd.atlas.{}+json (or any later date); supported versions: {}",
+                VERSIONS[VERSIONS.len() - 1],
+                VERSIONS.join(", ")
+            ),
+        )
+}
+
+/// Resolves an `Accept` header value to a supported version.
+pub fn resolve_accept(accept: Option<&str>) -> Result<ApiVersion, ApiError> {
+    let accept = accept.ok_or_else(not_acceptable)?;
+    for range in accept.split(',') {
+        let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let Some(date) = media.strip_prefix("application/vnd.atlas.").and_then(|r| r.strip_suffix("+json")) else {
+            continue;
+        };
+        if !is_date(date) {
+            continue;
+        }
+        // Dates compare correctly as strings in YYYY-MM-DD form.
+        if let Some(v) = VERSIONS.iter().rev().find(|v| **v <= date) {
+            return Ok(ApiVersion(v));
+        }
+    }
+    Err(not_acceptable())
+}
+
+fn is_date(s: &str) -> bool {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    s.len() == 10 && time::Date::parse(s, format).is_ok()
+}
+
+fn body_type_ok(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media == "application/json"
+        || media.strip_prefix("application/vnd.atlas.").and_then(|r| r.strip_suffix("+json")).is_some_and(is_date)
+}
+
+/// Parses a boolean query flag the way Atlas documents it (`true`/`false`).
+fn flag(query: &str, name: &str) -> Result<bool, ApiError> {
+    for (k, v) in url_pairs(query) {
+        if k == name {
+            return match v.as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(ApiError::invalid_attribute(name, format!("'{v}' is not a boolean; use true or false"))),
+            };
+        }
+    }
+    Ok(false)
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query).unwrap_or_default()
+}
+
+/// Middleware for every `/api/atlas/v2` and `/api/atrest/v1` route.
+pub async fn atlas_media(mut request: Request, next: Next) -> Response {
+    let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let version = match resolve_accept(accept) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let (envelope, pretty) = match (flag(&query, "envelope"), flag(&query, "pretty")) {
+        (Ok(e), Ok(p)) => (e, p),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    if let Some(ct) = request.headers().get(header::CONTENT_TYPE) {
+        let ok = ct.to_str().map(body_type_ok).unwrap_or(false);
+        if !ok {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                codes::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Request bodies must be application/json or {}; got {:?}.",
+                    version.media_type(),
+                    ct.to_str().unwrap_or("<not text>")
+                ),
+            )
+            .into_response();
+        }
+    }
+    request.extensions_mut().insert(version);
+    let response = next.run(request).await;
+    finish(response, version, envelope, pretty).await
+}
+
+async fn finish(response: Response, version: ApiVersion, envelope: bool, pretty: bool) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    if status.is_success() {
+        parts
+            .headers
+            .insert(header::CONTENT_TYPE, HeaderValue::from_str(&version.media_type()).expect("media type is ASCII"));
+    }
+    if !envelope && !pretty {
+        return Response::from_parts(parts, body);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::internal().into_response();
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if envelope {
+        value = match value {
+            Value::Object(mut map) if map.contains_key("results") => {
+                map.insert("status".into(), status.as_u16().into());
+                Value::Object(map)
+            }
+            other => serde_json::json!({"status": status.as_u16(), "content": other}),
+        };
+    }
+    let out = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }
+        .expect("a JSON value serializes");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_dates_resolve_to_the_newest_version_not_after_them() {
+        for ok in [
+            "application/vnd.atlas.2023-01-01+json",
+            "application/vnd.atlas.2025-03-12+json",
+            "application/json, application/vnd.atlas.2024-05-30+json;q=0.9",
+            "APPLICATION/VND.ATLAS.2023-01-01+JSON; charset=utf-8",
+        ] {
+            assert_eq!(resolve_accept(Some(ok)).unwrap(), ApiVersion("2023-01-01"), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("application/json"),
+            Some("*/*"),
+            Some("application/vnd.atlas.2022-12-31+json"),
+            Some("application/vnd.atlas.preview+json"),
+            Some("application/vnd.atlas.2023-13-01+json"),
+            Some("application/vnd.atlas.2023-1-1+json"),
+        ] {
+            let e = resolve_accept(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_ACCEPTABLE, "{bad:?}");
+            assert_eq!(e.error_code, "INVALID_VERSION_DATE");
+        }
+    }
+
+    #[test]
+    fn body_media_types() {
+        assert!(body_type_ok("application/json"));
+        assert!(body_type_ok("application/json; charset=utf-8"));
+        assert!(body_type_ok("application/vnd.atlas.2023-01-01+json"));
+        assert!(!body_type_ok("text/plain"));
+        assert!(!body_type_ok("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn flags_must_be_booleans() {
+        assert!(flag("envelope=true", "envelope").unwrap());
+        assert!(!flag("pretty=false&envelope=true", "pretty").unwrap());
+        assert!(!flag("", "pretty").unwrap());
+        assert_eq!(flag("pretty=yes", "pretty").unwrap_err().error_code, "INVALID_ATTRIBUTE");
+    }
+}

@@ -1,0 +1,156 @@
+//! Validation of a project's Azure Key Vault configuration against Azure.
+//!
+//! The checks, in the order they are reported (issue 3 §4; design.md §3):
+//! 1. **shape**: `keyIdentifier` parses; its vault is `keyVaultName`; its DNS suffix matches
+//!    `azureEnvironment` ([`shape`], pure, no IO);
+//! 2. **token**: a token for the customer's tenant (Key Vault and ARM audiences);
+//! 3. **vault**: vault metadata through ARM (needs Reader); a warning when purge protection is off;
+//! 4. **key**: key GET: enabled, inside `nbf`/`exp`, `key_ops` allow wrapKey and unwrapKey, an RSA key;
+//! 5. **wrap_unwrap**: wrap 32 random bytes, then unwrap them **on the server** and compare
+//!    (a wrap alone passes on a disabled key and can be done locally with the public key);
+//! 6. **key_binding** (when the platform requires it): the key carries the tag naming the project;
+//! 7. **permissions** (dry run only): role assignments at the vault scope, or the access policy,
+//!    read through ARM so the report can name the missing permission.
+//!
+//! Independent checks run concurrently: after the tokens, the ARM read, the key GET and the wrap
+//! go out together, and only the unwrap waits (for the wrap), so a validation costs at most three
+//! sequential round trips after the token (design.md §7).
+//!
+//! Nothing here writes to the store: callers decide what to commit. No key material outlives
+//! the check: the random value and the unwrapped bytes are zeroized on drop.
+
+pub mod shape;
+
+use atrest_domain::{AzureEnvironment, AzureUuid, KeyIdentifier, VaultName};
+use atrest_store::GroupId;
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// The names of the checks, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckName {
+    Shape,
+    Token,
+    Vault,
+    Key,
+    WrapUnwrap,
+    KeyBinding,
+    Permissions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CheckStatus {
+    Passed,
+    Failed,
+    /// Passed with a caveat (e.g. purge protection off).
+    Warning,
+    /// Not run because an earlier check failed, or not applicable.
+    Skipped,
+}
+
+/// One check's result, as the dry run returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    pub name: CheckName,
+    pub status: CheckStatus,
+    /// Azure's error code (`ForbiddenByRbac`, `KeyDisabled`, `AADSTS700016`, ...), when Azure answered one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_error_code: Option<String>,
+    /// What happened, in words.
+    pub message: String,
+    /// The exact command (usually `az ...`) that fixes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The overall result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// Every check passed (warnings allowed).
+    Valid,
+    /// Azure refused (denied, disabled, not found) or the configuration is wrong.
+    Invalid,
+    /// Azure could not be reached (DNS, TCP, TLS, timeouts, 5xx, 429).
+    Unreachable,
+}
+
+/// Everything a validation produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub outcome: Outcome,
+    pub checks: Vec<CheckResult>,
+    /// The versioned key identifier that wrap/unwrap used (unversioned identifiers are resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_version_in_use: Option<String>,
+}
+
+/// How the control plane authenticates to the customer's tenant.
+pub enum Credential {
+    /// The platform's multi-tenant app; `service_principal_id` is its object id in the tenant.
+    Secretless { service_principal_id: AzureUuid },
+    /// The legacy static credentials (the customer's own app and secret).
+    Static { client_id: AzureUuid, secret: SecretString },
+}
+
+/// A configuration that passed [`shape`], ready to be checked against Azure.
+pub struct Target {
+    pub group_id: GroupId,
+    pub environment: AzureEnvironment,
+    pub tenant_id: AzureUuid,
+    pub credential: Credential,
+    pub subscription_id: AzureUuid,
+    pub resource_group: String,
+    pub vault: VaultName,
+    pub key: KeyIdentifier,
+}
+
+/// How far to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// PATCH and revalidation: checks 2–6, stopping at the first failure.
+    Commit,
+    /// The dry run: every check that can run, plus `permissions` for diagnosis.
+    Diagnose,
+}
+
+/// Runs the checks against Azure. `trigger` labels the metrics (`patch`, `dry_run`,
+/// `background`, `read`).
+pub async fn run(state: &AppState, target: &Target, depth: Depth, trigger: &str) -> Report {
+    let _ = (state, target, depth, trigger);
+    todo!("validate helper")
+}
+
+impl Report {
+    /// The first failed check, if any.
+    pub fn first_failure(&self) -> Option<&CheckResult> {
+        self.checks.iter().find(|c| c.status == CheckStatus::Failed)
+    }
+
+    /// One paragraph for Atlas's `detail`: the failed check, what Azure said, and the fix.
+    pub fn summary(&self) -> String {
+        match self.first_failure() {
+            None => "All checks passed.".to_string(),
+            Some(c) => {
+                let mut s = format!(
+                    "Check '{}' failed: {}",
+                    serde_json::to_value(c.name).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                    c.message
+                );
+                if let Some(code) = &c.azure_error_code {
+                    s.push_str(&format!(" (Azure error {code})"));
+                }
+                if let Some(fix) = &c.fix {
+                    s.push_str(&format!(". Fix: {fix}"));
+                }
+                s
+            }
+        }
+    }
+}
