@@ -7,12 +7,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use atrest_azure::{Transport, TransportConfig};
 use atrest_emulator::{Emulator, EmulatorConfig, PrincipalInfo};
 
 /// What `up` created, written to `DATA_DIR/demo.json`.
@@ -31,21 +31,11 @@ pub struct DemoLayout {
     pub platform_sp_in_customer: String,
 }
 
-struct ToAddr(SocketAddr);
-
-impl reqwest::dns::Resolve for ToAddr {
-    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let addr = self.0;
-        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
-    }
-}
-
-/// A client that reaches every Azure host name at the emulator.
+/// A client that reaches every Azure host name at the emulator and trusts only its CA: the
+/// azure crate's [`Transport`] with an endpoint override, so the CLI and the client library map
+/// host names the same way.
 pub fn emulator_client(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes())?])
-        .dns_resolver(Arc::new(ToAddr(addr)))
-        .build()?)
+    Ok(Transport::new(&TransportConfig::with_override(addr, ca_pem))?.http().clone())
 }
 
 /// Minimal calls against the emulator's public surfaces, for `up` and the benchmarks.
