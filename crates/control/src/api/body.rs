@@ -120,6 +120,11 @@ impl Fields {
         self.map.remove(name);
     }
 
+    /// Takes an attribute's raw value, whatever its type.
+    pub fn take_raw(&mut self, name: &str) -> Option<Value> {
+        self.map.remove(name)
+    }
+
     /// Whether `name` is present (and not null).
     pub fn has(&self, name: &str) -> bool {
         self.map.get(name).is_some_and(|v| !v.is_null())
