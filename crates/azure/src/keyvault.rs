@@ -1,11 +1,21 @@
-//! The Key Vault keys client: get a key, wrap/unwrap, encrypt/decrypt.
+//! The Key Vault keys client: get a key, list its versions, resolve an unversioned identifier
+//! to a usable version, wrap/unwrap, encrypt/decrypt.
 //!
 //! Requests follow the data-plane REST API (`shared/reference/azure-protocols.md` §3): `GET
-//! /keys/{name}/{version}` and `POST /keys/{name}/{version}/{wrapkey|unwrapkey|encrypt|decrypt}`
-//! with `{"alg","value"}` (base64url). An unversioned [`KeyIdentifier`] uses the empty version
-//! segment (`/keys/{name}//wrapkey`), which Key Vault resolves to the key's current version in
-//! the same round trip; the `kid` of the answer names the version actually used, and every
-//! result carries it as a versioned identifier (design.md §3.7: the version used is recorded).
+//! /keys/{name}/{version}`, `GET /keys/{name}/versions` (paged with `maxresults` and `nextLink`)
+//! and `POST /keys/{name}/{version}/{wrapkey|unwrapkey|encrypt|decrypt}` with `{"alg","value"}`
+//! (base64url).
+//!
+//! **What an unversioned [`KeyIdentifier`] means.** Every operation except
+//! [`KeyVaultClient::resolve_key`] sends it with the empty version segment
+//! (`/keys/{name}//wrapkey`), which Key Vault resolves to the key's *current* (most recently
+//! created) version in the same round trip, whatever that version's state: a disabled or expired
+//! current version is refused by Key Vault, not replaced by an older one.
+//! [`KeyVaultClient::resolve_key`] instead picks the most recently created version that is
+//! enabled and inside its `nbf`/`exp` window; pass the versioned identifier it returns to the
+//! operations to use that version. Either way, the `kid` of the answer names the version actually
+//! used, and every result carries it as a versioned identifier (design.md §3.7: the version used
+//! is recorded).
 //!
 //! The token is requested for the vault's cloud (`{vault resource}/.default`) in the tenant the
 //! caller names — the customer's, since Key Vault accepts tokens from the vault's own tenant
@@ -27,9 +37,18 @@ use crate::error::{Error, ErrorKind, Service, kind_for_status};
 use crate::http::{self, AzureErrorBody, between};
 use crate::retry::RetryPolicy;
 use crate::token::TokenProvider;
+use crate::token_cache::AccessToken;
 
 /// The data-plane api-version sent. Key Vault serves every 7.x; 7.5 is what current SDKs use.
 pub const API_VERSION: &str = "7.5";
+
+/// The largest `maxresults` Key Vault accepts on its lists, and the page size used by default
+/// (the fewest round trips).
+pub const MAX_PAGE_SIZE: u8 = 25;
+
+/// A bound on `nextLink` pages of one list (25,000 versions at the default page size), so a
+/// misbehaving server cannot keep us reading forever.
+const MAX_PAGES: usize = 1000;
 
 /// RSA encryption algorithms for wrap/unwrap and encrypt/decrypt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -112,17 +131,57 @@ impl KeyProperties {
     /// disabled (Key Vault then refuses unwrap and decrypt) or outside its `nbf`/`exp` window
     /// (Key Vault then refuses wrap and encrypt, while still unwrapping what it wrapped before).
     pub fn unusable_reason(&self, now: i64) -> Option<String> {
-        if !self.enabled {
-            return Some(format!("key {} is disabled", self.id));
-        }
-        if let Some(nbf) = self.not_before.filter(|nbf| now < *nbf) {
-            return Some(format!("key {} is not valid before {}", self.id, fmt_unix(nbf)));
-        }
-        if let Some(exp) = self.expires.filter(|exp| now >= *exp) {
-            return Some(format!("key {} expired at {}", self.id, fmt_unix(exp)));
-        }
-        None
+        unusable_reason(&self.id, self.enabled, self.not_before, self.expires, now)
     }
+}
+
+/// One version of a key as the versions list (`GET /keys/{name}/versions`) shows it: its
+/// identifier and attributes, without key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersionInfo {
+    /// The versioned identifier.
+    pub id: KeyIdentifier,
+    /// Whether the version is enabled.
+    pub enabled: bool,
+    /// Not valid before (Unix seconds).
+    pub not_before: Option<i64>,
+    /// Not valid after (Unix seconds).
+    pub expires: Option<i64>,
+    /// Creation time (Unix seconds).
+    pub created: Option<i64>,
+    /// Last update (Unix seconds).
+    pub updated: Option<i64>,
+    /// The version's tags.
+    pub tags: BTreeMap<String, String>,
+    /// Set when the key backs a certificate.
+    pub managed: bool,
+}
+
+impl KeyVersionInfo {
+    /// Why this version cannot serve as a wrapping key at `now` (Unix seconds), if it cannot:
+    /// the same rule as [`KeyProperties::unusable_reason`].
+    pub fn unusable_reason(&self, now: i64) -> Option<String> {
+        unusable_reason(&self.id, self.enabled, self.not_before, self.expires, now)
+    }
+}
+
+fn unusable_reason(
+    id: &KeyIdentifier,
+    enabled: bool,
+    not_before: Option<i64>,
+    expires: Option<i64>,
+    now: i64,
+) -> Option<String> {
+    if !enabled {
+        return Some(format!("key {id} is disabled"));
+    }
+    if let Some(nbf) = not_before.filter(|nbf| now < *nbf) {
+        return Some(format!("key {id} is not valid before {}", fmt_unix(nbf)));
+    }
+    if let Some(exp) = expires.filter(|exp| now >= *exp) {
+        return Some(format!("key {id} expired at {}", fmt_unix(exp)));
+    }
+    None
 }
 
 fn fmt_unix(t: i64) -> String {
@@ -158,6 +217,7 @@ pub struct KeyVaultClient {
     tokens: TokenProvider,
     tenant: AzureUuid,
     retry: RetryPolicy,
+    page_size: u8,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +258,27 @@ fn yes() -> bool {
     true
 }
 
+/// `KeyListResult`: one page of a list.
+#[derive(Deserialize)]
+struct KeyListResult {
+    #[serde(default)]
+    value: Vec<KeyItem>,
+    #[serde(default, rename = "nextLink")]
+    next_link: Option<String>,
+}
+
+/// `KeyItem`: an entry of a list (no key material).
+#[derive(Deserialize)]
+struct KeyItem {
+    kid: String,
+    #[serde(default)]
+    attributes: KeyAttributes,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    managed: Option<bool>,
+}
+
 #[derive(Deserialize)]
 struct KeyOperationResult {
     kid: String,
@@ -208,6 +289,7 @@ struct KeyOperationResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Operation {
     Get,
+    List,
     Wrap,
     Unwrap,
     Encrypt,
@@ -218,6 +300,7 @@ impl Operation {
     fn path(self) -> &'static str {
         match self {
             Self::Get => "",
+            Self::List => "versions",
             Self::Wrap => "wrapkey",
             Self::Unwrap => "unwrapkey",
             Self::Encrypt => "encrypt",
@@ -229,6 +312,7 @@ impl Operation {
     fn permission(self) -> &'static str {
         match self {
             Self::Get => "get",
+            Self::List => "list",
             Self::Wrap => "wrapKey",
             Self::Unwrap => "unwrapKey",
             Self::Encrypt => "encrypt",
@@ -240,7 +324,15 @@ impl Operation {
 impl KeyVaultClient {
     /// A client that gets its tokens from `tokens` in `tenant` (the vault's tenant).
     pub fn new(tokens: TokenProvider, tenant: AzureUuid, retry: RetryPolicy) -> Self {
-        Self { tokens, tenant, retry }
+        Self { tokens, tenant, retry, page_size: MAX_PAGE_SIZE }
+    }
+
+    /// The same client asking for `page_size` entries per page of a list (`maxresults`),
+    /// clamped to Key Vault's 1..=25. The default, 25, needs the fewest round trips; smaller
+    /// pages only matter for tests of paging.
+    pub fn with_page_size(mut self, page_size: u8) -> Self {
+        self.page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        self
     }
 
     /// The tenant tokens are requested in.
@@ -248,7 +340,10 @@ impl KeyVaultClient {
         &self.tenant
     }
 
-    /// The key's public part and attributes. Unversioned: the current version.
+    /// The key's public part and attributes. A versioned `id`: exactly that version. An
+    /// unversioned `id`: the key's current (most recently created) version, whatever its state;
+    /// [`Self::resolve_key`] picks the latest *usable* version instead. `KeyProperties::id`
+    /// names the version returned.
     pub async fn get_key(&self, id: &KeyIdentifier) -> Result<KeyProperties, Error> {
         let body = self.call(id, Operation::Get, None).await?;
         let bundle: KeyBundle = serde_json::from_slice(&body).map_err(|e| bad_answer(id, &e.to_string()))?;
@@ -273,7 +368,96 @@ impl KeyVaultClient {
         })
     }
 
-    /// Wrap `key` (a data-encryption key) with the Key Vault key.
+    /// Every version of the key `id` names (its version, if any, is ignored), with their
+    /// attributes, in the order Key Vault lists them: `GET /keys/{name}/versions`, following
+    /// `nextLink` page after page. A `nextLink` must stay on the vault's own host (https, default
+    /// port): the bearer token goes with it, so any other link is refused with an error.
+    pub async fn list_key_versions(&self, id: &KeyIdentifier) -> Result<Vec<KeyVersionInfo>, Error> {
+        let key = id.unversioned();
+        let token = self.tokens.key_vault_token(key.environment(), &self.tenant).await?;
+        let mut next = Some(format!(
+            "{}/keys/{}/versions?api-version={API_VERSION}&maxresults={}",
+            key.vault_url(),
+            key.name(),
+            self.page_size
+        ));
+        let mut versions = Vec::new();
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(bad_answer(&key, &format!("the versions list has more than {MAX_PAGES} pages")));
+            }
+            let body = self.send(&key, Operation::List, &token, &url, None).await?;
+            let page: KeyListResult = serde_json::from_slice(&body).map_err(|e| bad_answer(&key, &e.to_string()))?;
+            for item in page.value {
+                versions.push(KeyVersionInfo {
+                    id: versioned_kid(&key, &item.kid)?,
+                    enabled: item.attributes.enabled,
+                    not_before: item.attributes.nbf,
+                    expires: item.attributes.exp,
+                    created: item.attributes.created,
+                    updated: item.attributes.updated,
+                    tags: item.tags.unwrap_or_default(),
+                    managed: item.managed.unwrap_or(false),
+                });
+            }
+            if let Some(link) = page.next_link.filter(|l| !l.is_empty()) {
+                check_next_link(&key, &link)?;
+                next = Some(link);
+            }
+        }
+        Ok(versions)
+    }
+
+    /// The version of `id` to use at `now_unix` (Unix seconds, Key Vault's clock), with its
+    /// public part and attributes. `KeyProperties::id` is always the versioned identifier of
+    /// the version returned: record it, and unwrap with it later.
+    ///
+    /// - A versioned `id`: exactly that version (one `GET`), whatever its state.
+    /// - An unversioned `id`: the current version (one `GET`) if it is enabled and inside its
+    ///   `nbf`/`exp` window. Otherwise the versions are listed and the most recently created
+    ///   version that is enabled and inside its window is fetched and returned (`created` ties,
+    ///   within one second, go to the version listed later; a candidate whose `GET` shows it
+    ///   became unusable meanwhile is skipped).
+    /// - When no version is usable, the **current** version's properties are returned rather
+    ///   than an error, so that the caller reports why the key is unusable with
+    ///   [`KeyProperties::unusable_reason`] (disabled, expired, not yet valid) about the version
+    ///   an administrator is most likely to fix.
+    ///
+    /// Listing needs the `list` key permission under access policies (`keys/read` under RBAC,
+    /// which Key Vault Crypto User has); it is only attempted when the current version is
+    /// unusable, and its errors are returned as they are.
+    pub async fn resolve_key(&self, id: &KeyIdentifier, now_unix: i64) -> Result<KeyProperties, Error> {
+        if id.version().is_some() {
+            return self.get_key(id).await;
+        }
+        let current = self.get_key(id).await?;
+        if current.unusable_reason(now_unix).is_none() {
+            return Ok(current);
+        }
+        let mut candidates: Vec<(usize, KeyVersionInfo)> = self
+            .list_key_versions(id)
+            .await?
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| v.unusable_reason(now_unix).is_none())
+            .collect();
+        // Newest first; on equal timestamps the later-listed version first.
+        candidates.sort_by_key(|(i, v)| std::cmp::Reverse((v.created, v.updated, *i)));
+        for (_, candidate) in candidates {
+            let props = self.get_key(&candidate.id).await?;
+            if props.unusable_reason(now_unix).is_none() {
+                return Ok(props);
+            }
+        }
+        Ok(current)
+    }
+
+    /// Wrap `key` (a data-encryption key) with the Key Vault key. An unversioned `id` means the
+    /// key's current version, whatever its state (Key Vault refuses a disabled or expired one;
+    /// use [`Self::resolve_key`] to pick the latest usable version and pass its versioned id).
+    /// The result's `key_id` names the version used: record it, and unwrap with exactly it.
     pub async fn wrap_key(
         &self,
         id: &KeyIdentifier,
@@ -284,7 +468,9 @@ impl KeyVaultClient {
     }
 
     /// Unwrap `wrapped` with the Key Vault key. Pass the versioned identifier recorded at wrap
-    /// time: another version cannot unwrap it.
+    /// time: another version cannot unwrap it. An unversioned `id` means the key's current
+    /// version, which fails once the key has been rotated after wrapping. The result's `key_id`
+    /// names the version used.
     pub async fn unwrap_key(
         &self,
         id: &KeyIdentifier,
@@ -294,7 +480,9 @@ impl KeyVaultClient {
         self.open(id, Operation::Unwrap, algorithm, wrapped).await
     }
 
-    /// Encrypt a short `plaintext` (RSA: at most the modulus size minus padding).
+    /// Encrypt a short `plaintext` (RSA: at most the modulus size minus padding). An unversioned
+    /// `id` means the key's current version, whatever its state (see [`Self::wrap_key`]). The
+    /// result's `key_id` names the version used: decrypt with exactly it.
     pub async fn encrypt(
         &self,
         id: &KeyIdentifier,
@@ -304,7 +492,9 @@ impl KeyVaultClient {
         self.seal(id, Operation::Encrypt, algorithm, plaintext).await
     }
 
-    /// Decrypt `ciphertext`.
+    /// Decrypt `ciphertext`. Pass the versioned identifier recorded at encryption time; an
+    /// unversioned `id` means the key's current version, which fails once the key has been
+    /// rotated after encrypting. The result's `key_id` names the version used.
     pub async fn decrypt(
         &self,
         id: &KeyIdentifier,
@@ -343,17 +533,16 @@ impl KeyVaultClient {
         Ok(Plaintext { key_id: versioned_kid(id, &result.kid)?, value: SecretSlice::from(value.to_vec()) })
     }
 
-    /// One operation with retries; returns the success body.
+    /// One operation on `id` with retries; returns the success body.
     async fn call(
         &self,
         id: &KeyIdentifier,
         op: Operation,
         request_body: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let environment = id.environment();
         // One token for every attempt: the token provider retries Entra on its own, and
         // nesting its retries inside these would multiply the time budget.
-        let token = self.tokens.key_vault_token(environment, &self.tenant).await?;
+        let token = self.tokens.key_vault_token(id.environment(), &self.tenant).await?;
         let version = id.version().map(|v| v.as_str()).unwrap_or("");
         let mut url = format!("{}/keys/{}/{version}", id.vault_url(), id.name());
         if op != Operation::Get {
@@ -362,19 +551,32 @@ impl KeyVaultClient {
         }
         url.push_str("?api-version=");
         url.push_str(API_VERSION);
+        self.send(id, op, &token, &url, request_body.as_ref().map(|b| b.as_slice())).await
+    }
+
+    /// One request to `url` (GET without a body, POST with one) with retries; returns the
+    /// success body or the classified error about `id`.
+    async fn send(
+        &self,
+        id: &KeyIdentifier,
+        op: Operation,
+        token: &AccessToken,
+        url: &str,
+        request_body: Option<&[u8]>,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let environment = id.environment();
         let transport = self.tokens.transport();
         let resp = self
             .retry
             .run(|time_left| {
-                let request = match &request_body {
-                    None => transport.http().get(&url),
+                let request = match request_body {
+                    None => transport.http().get(url),
                     Some(b) => transport
                         .http()
-                        .post(&url)
+                        .post(url)
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
                         .body(b.to_vec()),
                 };
-                let token = &token;
                 async move {
                     let resp = http::send(transport, Service::KeyVault, request, token, time_left).await?;
                     if resp.is_success() { Ok(resp) } else { Err(classify(id, op, &self.tenant, &resp)) }
@@ -397,6 +599,34 @@ impl KeyVaultClient {
                 Err(e)
             }
         }
+    }
+}
+
+/// A `nextLink` must stay on the vault's host: the bearer token goes with it. Key Vault writes
+/// the default port explicitly (`https://myvault.vault.azure.net:443/...`), which is the same
+/// origin.
+fn check_next_link(key: &KeyIdentifier, link: &str) -> Result<(), Error> {
+    let vault_host = format!("{}.{}", key.vault(), key.environment().vault_dns_suffix());
+    let parsed = url::Url::parse(link).ok();
+    let same_origin = parsed.as_ref().is_some_and(|u| {
+        u.scheme() == "https"
+            && u.port().is_none()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&vault_host))
+    });
+    if same_origin {
+        Ok(())
+    } else {
+        let elsewhere = parsed
+            .map(|u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")))
+            .unwrap_or_else(|| "an unparseable URL".into());
+        Err(bad_answer(
+            key,
+            &format!(
+                "the versions list's nextLink leads to {elsewhere}, not to https://{vault_host}; it was not followed"
+            ),
+        ))
     }
 }
 
@@ -520,6 +750,9 @@ fn remediation(
     Some(match (kind, code) {
         (ErrorKind::Denied, Some("ForbiddenByRbac")) => format!(
             "grant the platform's service principal the data role on the vault: `az role assignment create --assignee-object-id {oid} --assignee-principal-type ServicePrincipal --role \"Key Vault Crypto User\" --scope {vault_scope}` (role assignments can take several minutes to propagate)"
+        ),
+        (ErrorKind::Denied, Some("ForbiddenByPolicy")) if op == Operation::List => format!(
+            "add the list permission to the platform's access policy (the current version of key {key} is unusable, so its versions were listed to find an earlier usable one): `az keyvault set-policy --name {vault} --object-id {oid} --key-permissions get list encrypt decrypt wrapKey unwrapKey`"
         ),
         (ErrorKind::Denied, Some("ForbiddenByPolicy")) => format!(
             "add an access policy for the platform's service principal: `az keyvault set-policy --name {vault} --object-id {oid} --key-permissions get encrypt decrypt wrapKey unwrapKey`"
@@ -700,6 +933,61 @@ mod tests {
         assert!(
             versioned_kid(&pinned, "https://kv1.vault.azure.net/keys/k1/11111111111111111111111111111111").is_err()
         );
+    }
+
+    #[test]
+    fn next_link_must_stay_on_the_vault() {
+        let key = id("https://kv1.vault.azure.net/keys/k1");
+        // Key Vault's own form writes the default port.
+        for ok in [
+            "https://kv1.vault.azure.net:443/keys/k1/versions?api-version=7.2&$skiptoken=abc&maxresults=1",
+            "https://KV1.vault.azure.net/keys/k1/versions?api-version=7.5&$skiptoken=abc",
+        ] {
+            assert!(check_next_link(&key, ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://attacker.example/keys/k1/versions?$skiptoken=abc",
+            "https://kv2.vault.azure.net/keys/k1/versions?$skiptoken=abc",
+            "https://kv1.vault.azure.net.attacker.example/keys/k1/versions",
+            "http://kv1.vault.azure.net/keys/k1/versions",
+            "https://kv1.vault.azure.net:8443/keys/k1/versions",
+            "https://user@kv1.vault.azure.net/keys/k1/versions",
+            "https://kv1.vault.azure.cn/keys/k1/versions",
+            "/keys/k1/versions?$skiptoken=abc",
+        ] {
+            let e = check_next_link(&key, bad).unwrap_err();
+            assert!(e.to_string().contains("not followed"), "{bad}: {e}");
+        }
+        let china = id("https://kv1.vault.azure.cn/keys/k1");
+        assert!(check_next_link(&china, "https://kv1.vault.azure.cn:443/keys/k1/versions").is_ok());
+    }
+
+    #[test]
+    fn list_permission_fix_names_list() {
+        let k = id("https://kv1.vault.azure.net/keys/k1");
+        let t = AzureUuid::new_v4();
+        let msg = "The user, group or application 'appid=a;oid=66666666-7777-8888-9999-000000000000;numgroups=0;iss=x' does not have keys list permission on key vault 'kv1;location=westeurope'.";
+        let r =
+            remediation(&k, Operation::List, &t, 403, ErrorKind::Denied, Some("ForbiddenByPolicy"), msg, None).unwrap();
+        assert!(r.contains("--key-permissions get list encrypt decrypt wrapKey unwrapKey"), "{r}");
+    }
+
+    #[test]
+    fn version_usability_follows_the_key_rule() {
+        let v = KeyVersionInfo {
+            id: id("https://kv1.vault.azure.net/keys/k1/0698c2156c1a4e1da5b6bab6f6422fd6"),
+            enabled: true,
+            not_before: Some(100),
+            expires: Some(200),
+            created: Some(50),
+            updated: Some(50),
+            tags: BTreeMap::new(),
+            managed: false,
+        };
+        assert!(v.unusable_reason(150).is_none());
+        assert!(v.unusable_reason(99).unwrap().contains("not valid before"));
+        assert!(v.unusable_reason(200).unwrap().contains("expired"));
+        assert!(KeyVersionInfo { enabled: false, ..v }.unusable_reason(150).unwrap().contains("disabled"));
     }
 
     #[test]

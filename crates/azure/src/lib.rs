@@ -9,8 +9,9 @@
 //!   files, client secrets.
 //! - [`token`] asks Entra; [`token_cache`] keeps one single-flight cache per
 //!   (authority, tenant, client, scope); [`entra_error`] turns AADSTS codes into fixes.
-//! - [`keyvault`]: get key, wrap/unwrap, encrypt/decrypt. [`arm`]: vault properties, access
-//!   policies, role assignments.
+//! - [`keyvault`]: get key, list versions, resolve an unversioned id to the latest usable
+//!   version, wrap/unwrap, encrypt/decrypt. [`arm`]: vault properties, access policies, role
+//!   assignments.
 //! - [`retry`]: backoff with `Retry-After` inside a total budget. [`error`]: the classified error
 //!   (denied / not found / disabled / unreachable / throttled / misconfigured) every call returns.
 //!
@@ -35,7 +36,7 @@ pub use arm::{AccessPolicy, ArmClient, RoleAssignment, VaultProperties, VaultRef
 pub use client::{AzureClient, ClientConfig};
 pub use credential::{AssertionAlgorithm, CertificateCredential, ClientCredential, CredentialKind, FederatedTokenFile};
 pub use error::{Error, ErrorKind, Service};
-pub use keyvault::{Ciphertext, EncryptionAlgorithm, KeyProperties, KeyVaultClient, Plaintext};
+pub use keyvault::{Ciphertext, EncryptionAlgorithm, KeyProperties, KeyVaultClient, KeyVersionInfo, Plaintext};
 pub use retry::RetryPolicy;
 pub use token::TokenProvider;
 pub use token_cache::{AccessToken, CacheKey, TokenCache, TokenCacheStats};
