@@ -11,7 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::demo::{Azure, emulator_client};
+use atrest_emulator::scenario::Azure;
+
+use crate::demo::emulator_client;
 
 #[derive(Subcommand)]
 pub enum Which {
@@ -80,7 +82,7 @@ async fn emulator_unwrap(seconds: u64, concurrency: usize) -> anyhow::Result<()>
     let emu =
         atrest_emulator::Emulator::start(atrest_emulator::EmulatorConfig::new("127.0.0.1:0".parse()?, &dir)).await?;
     let http = emulator_client(emu.addr(), &emu.ca_pem())?;
-    let az = Azure { http: http.clone() };
+    let az = Azure::new(http.clone());
     let b = emu.info().bootstrap.clone();
     let arm = az.token(&b, "https://management.azure.com/.default").await?;
     let sub = &b.subscription_id;
@@ -189,7 +191,7 @@ async fn token_cache(callers: usize, tenants: usize) -> anyhow::Result<()> {
     let emu =
         atrest_emulator::Emulator::start(atrest_emulator::EmulatorConfig::new("127.0.0.1:0".parse()?, &dir)).await?;
     let http = emulator_client(emu.addr(), &emu.ca_pem())?;
-    let az = Azure { http };
+    let az = Azure::new(http);
     let admin = az.token(&emu.info().bootstrap, "https://management.azure.com/.default").await?;
     let post = |path: &'static str, body: serde_json::Value| {
         let (az, admin) = (&az, &admin);
@@ -199,7 +201,7 @@ async fn token_cache(callers: usize, tenants: usize) -> anyhow::Result<()> {
         }
     };
     let platform = post("tenants", json!({"display_name": "Platform"})).await?;
-    let (cert_pem, key_pem) = crate::demo::platform_certificate()?;
+    let (cert_pem, key_pem) = atrest_emulator::scenario::platform_certificate()?;
     let app = post(
         "applications",
         json!({"home_tenant_id": platform["tenant_id"], "display_name": "platform", "multi_tenant": true, "certificate_pem": cert_pem}),

@@ -17,6 +17,7 @@ pub mod errors;
 pub mod graph;
 pub mod keyvault;
 mod persist;
+pub mod scenario;
 pub mod server;
 pub mod state;
 mod tls;
