@@ -29,19 +29,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a control plane from `config` and returns once it accepts requests.
     pub async fn start(config: Config) -> anyhow::Result<ControlPlane> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-        let store = atrest_store::Store::open(&config.store_url())
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
-        let kek_env = std::env::var("ATREST_KEK").ok();
-        let kek = Kek::load(kek_env.as_deref(), &config.data_dir.join("kek.key"))?;
-        let platform = Platform::from_config(&config)?;
         let tls = match &config.tls {
             Some(t) => Some(load_tls(&t.cert_path, &t.key_path)?),
             None => None,
         };
-        let state = AppState::new(config, store, kek, platform);
+        let state = open_state(config).await?;
         let bootstrap = if state.config.bootstrap { crate::bootstrap::ensure(&state).await? } else { None };
 
         let listener =
@@ -85,6 +77,19 @@ impl ControlPlane {
         }
         self.state.store.close().await;
     }
+}
+
+/// Opens everything a control plane needs (data directory, store, KEK, platform client)
+/// without serving: for `atrest admin` and for starting.
+pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let store =
+        atrest_store::Store::open(&config.store_url()).await.map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+    let kek_env = std::env::var("ATREST_KEK").ok();
+    let kek = Kek::load(kek_env.as_deref(), &config.data_dir.join("kek.key"))?;
+    let platform = Platform::from_config(&config)?;
+    Ok(AppState::new(config, store, kek, platform))
 }
 
 fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {

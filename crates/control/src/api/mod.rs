@@ -42,8 +42,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/groups/{groupId}/events", get(events::list))
         .route("/groups/{groupId}/events/{eventId}", get(events::get));
-    let atrest =
-        Router::new().route("/groups/{groupId}/encryptionAtRest/azureKeyVault:validate", post(ear::validate_dry_run));
+    let atrest = Router::new()
+        .route("/groups/{groupId}/encryptionAtRest/azureKeyVault:validate", post(ear::validate_dry_run))
+        .route("/groups/{groupId}/encryptionAtRest/azureKeyVault/status", get(ear::status))
+        .route("/whoami", get(whoami));
 
     let authenticated = Router::new()
         .nest("/api/atlas/v2", atlas)
@@ -65,6 +67,16 @@ pub fn router(state: AppState) -> Router {
             ApiError::internal().into_response()
         }))
         .with_state(state)
+}
+
+/// `GET /api/atrest/v1/whoami`: who the credentials are (and the cheapest authenticated call,
+/// which the read benchmark uses as its baseline).
+async fn whoami(axum::Extension(caller): axum::Extension<crate::auth::Caller>) -> Response {
+    ok_json(serde_json::json!({
+        "principal": caller.label,
+        "orgId": caller.org_id.as_str(),
+        "orgRoles": caller.roles.org.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+    }))
 }
 
 async fn not_found(request: Request) -> ApiError {
