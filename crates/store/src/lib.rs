@@ -1,7 +1,7 @@
 //! Control-plane persistence for atrest: organizations and projects, API keys and service
 //! accounts with their roles, OAuth tokens, Digest nonces, Cloud Provider Access roles, the
-//! Encryption at Rest configuration with its validation state, events, and leases that let
-//! several control-plane replicas share the work.
+//! Encryption at Rest configuration with its validation state and private endpoints, events, and
+//! leases that let several control-plane replicas share the work.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), atrest_store::StoreError> {
@@ -54,6 +54,7 @@ mod events;
 mod leases;
 mod nonces;
 mod principals;
+mod private_endpoints;
 mod tenancy;
 
 #[cfg(feature = "testing")]
@@ -72,6 +73,10 @@ pub use model::{
     AccessToken, ApiKey, AzureCredentials, AzureKeyVaultConfig, CloudProvider, CloudProviderAccessRole, ConfigVersion,
     EarConfigWrite, Event, EventPage, Group, GroupRole, Lease, NonceCheck, OrgRole, Organization, Page, Principal,
     Roles, ServiceAccount, StatusVersion, StoredEarConfig, UnknownRole, ValidationState, ValidationStatus,
+};
+pub use private_endpoints::{
+    EarPrivateEndpoint, EarPrivateEndpointDeletion, EarPrivateEndpointId, EarPrivateEndpointStatus,
+    EarPrivateEndpointTransition,
 };
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.

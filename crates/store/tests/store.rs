@@ -55,4 +55,9 @@ on_both_backends!(
     replicas::revalidation_on_read_is_rate_limited_across_stores,
     replicas::writes_through_one_store_are_visible_through_another,
     replicas::reopening_and_concurrent_opens_apply_migrations_once,
+    private_endpoints::ear_private_endpoints_round_trip,
+    private_endpoints::one_private_endpoint_per_region_per_project,
+    private_endpoints::private_endpoint_transitions_apply_only_from_their_state,
+    private_endpoints::private_endpoint_deletion_is_refused_while_initiating,
+    private_endpoints::private_endpoint_changes_apply_once_across_stores,
 );

@@ -3,5 +3,6 @@
 pub mod cloud_access;
 pub mod ear;
 pub mod principals;
+pub mod private_endpoints;
 pub mod replicas;
 pub mod tenancy;
