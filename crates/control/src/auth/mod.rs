@@ -102,7 +102,13 @@ impl Caller {
 /// Middleware for every authenticated route: authenticates with Digest or a bearer token and
 /// inserts the [`Caller`] as a request extension; otherwise answers 401 with a Digest challenge.
 pub async fn require_caller(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let (method, uri, headers) = (request.method().clone(), request.uri().clone(), request.headers().clone());
+    // The request target as the client sent it (Digest signs it), not as a nested router sees it.
+    let uri = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|o| o.0.clone())
+        .unwrap_or_else(|| request.uri().clone());
+    let (method, headers) = (request.method().clone(), request.headers().clone());
     match authenticate(&state, &method, &uri, &headers).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
@@ -112,13 +118,69 @@ pub async fn require_caller(State(state): State<AppState>, mut request: Request,
     }
 }
 
+/// What a 401 without usable credentials says.
+pub const HOW_TO_AUTHENTICATE: &str = "This API needs credentials. Use HTTP Digest with a programmatic API key \
+     (the public key as the username, the private key as the password: curl --digest --user PUBLIC_KEY:PRIVATE_KEY), \
+     or a service account's bearer token: get one with POST /api/oauth/token (HTTP Basic with the client id and \
+     secret, form grant_type=client_credentials) and send Authorization: Bearer <access_token>.";
+
 /// Authenticates a request (Digest or Bearer) from its method, URI and headers.
+///
+/// `Authorization: Digest …` is checked by [`digest::verify`], `Authorization: Bearer …` by
+/// [`oauth::verify_bearer`]; no credentials or another scheme is a 401 with a fresh Digest
+/// challenge and a body that says how to authenticate.
 pub async fn authenticate(
     state: &AppState,
     method: &http::Method,
     uri: &http::Uri,
     headers: &http::HeaderMap,
 ) -> ApiResult<Caller> {
-    let _ = (state, method, uri, headers);
-    todo!("auth helper: Digest via digest::verify, Bearer via oauth::verify_bearer, else 401 with a fresh challenge")
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Err(digest::unauthorized(state, HOW_TO_AUTHENTICATE, false).await),
+        (Some(v), None) => v,
+        (Some(_), Some(_)) => {
+            let detail = format!("Send one Authorization header, not several. {HOW_TO_AUTHENTICATE}");
+            return Err(digest::unauthorized(state, detail, false).await);
+        }
+    };
+    let Ok(value) = value.to_str() else {
+        let detail = format!("The Authorization header is not visible ASCII. {HOW_TO_AUTHENTICATE}");
+        return Err(digest::unauthorized(state, detail, false).await);
+    };
+    let value = value.trim_start();
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("digest") {
+        digest::verify(state, method, uri, rest).await
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        oauth::verify_bearer(state, rest).await
+    } else {
+        let detail = format!("The Authorization scheme is not supported here. {HOW_TO_AUTHENTICATE}");
+        Err(digest::unauthorized(state, detail, false).await)
+    }
+}
+
+/// Deletes expired Digest nonces and access tokens from the store, at most once a minute per
+/// process, in the background. Called where rows are added (challenges, token issuance), so the
+/// tables stay bounded by what one lifetime produces without a job of their own.
+pub(crate) fn housekeeping(state: &AppState) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = state.now();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.unix_timestamp() - last < 60
+        || LAST.compare_exchange(last, now.unix_timestamp(), Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let nonces = state.store.purge_expired_nonces(now).await;
+        let tokens = state.store.purge_expired_access_tokens(now).await;
+        match (nonces, tokens) {
+            (Ok(n), Ok(t)) if n + t > 0 => tracing::debug!(nonces = n, tokens = t, "purged expired credentials"),
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "could not purge expired nonces and tokens"),
+            _ => {}
+        }
+    });
 }
