@@ -22,7 +22,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-step "Python environment for the conformance tests (azure-identity, azure-keyvault-keys)"
+step "Python environment for the conformance tests (azure-identity, azure-keyvault-keys, schemathesis)"
 VENV="$ROOT/target/conformance-venv"
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/conformance/requirements.txt
@@ -58,6 +58,14 @@ step "conformance: the official Azure SDK for Python against the emulator binary
 PIDS+=($!)
 wait_for_file "$WORK/emu/emulator.json" 60
 ATREST_EMULATOR_JSON="$WORK/emu/emulator.json" "$VENV/bin/python" -m pytest -q tests/conformance
+
+step "control plane: atrest up, then Atlas clients (requests Digest, curl --digest, OAuth) and schemathesis against the official Atlas spec"
+"$ATREST" up --data-dir "$WORK/served" >"$WORK/served.log" 2>&1 &
+UP_PID=$!
+PIDS+=($UP_PID)
+wait_for_file "$WORK/served/up.json" 180
+ATREST_UP_JSON="$WORK/served/up.json" "$VENV/bin/python" -m pytest -q -s tests/control_conformance
+kill "$UP_PID" && wait "$UP_PID" 2>/dev/null || true
 
 step "atrest up (the README's run command) on a fresh data dir"
 "$ATREST" up --data-dir "$WORK/up" --no-wait >"$WORK/up.out"

@@ -35,12 +35,39 @@ pub enum Which {
         #[arg(long, default_value_t = 50)]
         tenants: usize,
     },
+    /// GET encryptionAtRest throughput next to the cheapest authenticated call on the same
+    /// control plane (target: ratio >= 0.5).
+    ControlRead {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Sequential Azure round trips of a PATCH validation after the token, with LATENCY_MS
+    /// injected on every Azure request at the emulator (target: <= 3).
+    PatchRoundTrips {
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
+    /// Entra token requests made by concurrent PATCHes and revalidations across PROJECTS
+    /// projects in TENANTS tenants (target: exactly TENANTS).
+    ControlTokens {
+        #[arg(long, default_value_t = 50)]
+        projects: usize,
+        #[arg(long, default_value_t = 10)]
+        tenants: usize,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::EmulatorUnwrap { seconds, concurrency } => emulator_unwrap(seconds, concurrency).await,
         Which::TokenCache { callers, tenants } => token_cache(callers, tenants).await,
+        Which::ControlRead { seconds, concurrency } => crate::bench_control::control_read(seconds, concurrency).await,
+        Which::PatchRoundTrips { latency_ms, runs } => crate::bench_control::patch_round_trips(latency_ms, runs).await,
+        Which::ControlTokens { projects, tenants } => crate::bench_control::control_tokens(projects, tenants).await,
     }
 }
 

@@ -1,20 +1,24 @@
-//! `atrest up`: start the local Azure and lay out the demo the seeds describe.
+//! `atrest up`: the local Azure, the control plane on its embedded store, and the demo layout
+//! the seeds describe, with a step-by-step guide.
 //!
-//! Everything is created through the emulator's public surfaces (admin API, Entra token
-//! endpoint, Graph, ARM, Key Vault), exactly as a customer and a platform would, so `up` also
-//! proves those surfaces work together. The layout is recorded in `DATA_DIR/demo.json`; a second
-//! `up` on the same directory reuses it.
+//! The Azure side is created through the emulator's public surfaces only
+//! ([`atrest_emulator::scenario`]), the control plane is started exactly as `atrest serve`
+//! starts it (configured to reach the emulator through an endpoint override), and the guide
+//! walks the seeds' flow against both with curl. Everything is recorded under `DATA_DIR`; a
+//! second `up` on the same directory reuses it. When ready, `up` writes `DATA_DIR/up.json`
+//! (mode 0600), the contract external tests read.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use serde_json::json;
 
 use atrest_azure::{Transport, TransportConfig};
-use atrest_emulator::{Emulator, EmulatorConfig};
-
+use atrest_control::{Config, ControlPlane};
 pub use atrest_emulator::scenario::DemoLayout;
 use atrest_emulator::scenario::create_demo_layout;
+use atrest_emulator::{Emulator, EmulatorConfig};
 
 /// A client that reaches every Azure host name at the emulator and trusts only its CA: the
 /// azure crate's [`Transport`] with an endpoint override, so the CLI and the client library map
@@ -23,45 +27,198 @@ pub fn emulator_client(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<reqwest
     Ok(Transport::new(&TransportConfig::with_override(addr, ca_pem))?.http().clone())
 }
 
-fn print_guide(data_dir: &Path, emu: &atrest_emulator::EmulatorInfo, d: &DemoLayout) {
+/// Options of `atrest up`.
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub emulator_listen: SocketAddr,
+    pub control_listen: SocketAddr,
+    pub no_wait: bool,
+}
+
+/// The credentials `up` hands out, from this start's bootstrap or from bootstrap.json.
+struct Credentials {
+    org_id: String,
+    api_public: String,
+    api_private: String,
+    sa_client_id: String,
+    sa_secret: String,
+}
+
+fn read_bootstrap(path: &Path) -> anyhow::Result<Credentials> {
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(path)
+            .with_context(|| format!("reading {} (delete the data directory to start over)", path.display()))?,
+    )?;
+    let s = |p: &str| {
+        v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned).with_context(|| format!("{p} in {}", path.display()))
+    };
+    Ok(Credentials {
+        org_id: s("/org_id")?,
+        api_public: s("/api_key/public_key")?,
+        api_private: s("/api_key/private_key")?,
+        sa_client_id: s("/service_account/client_id")?,
+        sa_secret: s("/service_account/client_secret")?,
+    })
+}
+
+pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    eprintln!("[1/4] starting the local Azure emulator in {}/emulator ...", data_dir.display());
+    let emu = Emulator::start(EmulatorConfig::new(opts.emulator_listen, data_dir.join("emulator"))).await?;
+    let http = emulator_client(emu.addr(), &emu.ca_pem())?;
+    let layout_path = data_dir.join("demo.json");
+    let layout: DemoLayout = if layout_path.exists() {
+        eprintln!("[2/4] reusing the demo layout in {}", layout_path.display());
+        serde_json::from_slice(&std::fs::read(&layout_path)?)?
+    } else {
+        eprintln!("[2/4] creating the demo layout (tenants, platform app, vault, key) ...");
+        let l = create_demo_layout(&http, &emu.info().bootstrap).await?;
+        atrest_control::files::write_private(&layout_path, &serde_json::to_vec_pretty(&l)?)?;
+        l
+    };
+
+    eprintln!("[3/4] starting the control plane (embedded SQLite) ...");
+    let control_dir = data_dir.join("control");
+    std::fs::create_dir_all(&control_dir)?;
+    let cert_path = control_dir.join("platform-cert.pem");
+    let key_path = control_dir.join("platform-key.pem");
+    atrest_control::files::write_private(&cert_path, layout.platform_cert_pem.as_bytes())?;
+    atrest_control::files::write_private(&key_path, layout.platform_key_pem.as_bytes())?;
+    let mut config = Config::load(None)?;
+    config.listen = opts.control_listen;
+    config.data_dir = control_dir.clone();
+    config.platform.app_id = Some(layout.platform_app_id.clone());
+    config.platform.certificate_path = Some(cert_path);
+    config.platform.private_key_path = Some(key_path);
+    config.platform.federated_token_file = None;
+    config.azure.endpoint_override = Some(emu.addr());
+    config.azure.extra_ca_path = Some(PathBuf::from(&emu.info().ca_pem));
+    config.check()?;
+    let control = ControlPlane::start(config).await?;
+    let creds = match control.bootstrap() {
+        Some(b) => {
+            eprintln!("      first start: created an organization, an owner API key and a service account");
+            read_bootstrap(&b.file)?
+        }
+        None => read_bootstrap(&control_dir.join("bootstrap.json"))?,
+    };
+    let org = atrest_store::OrgId::parse(&creds.org_id).map_err(|e| anyhow::anyhow!("bootstrap.json org_id: {e}"))?;
+    let store = &control.state().store;
+    let group = match store.get_group_by_name(&org, "demo").await {
+        Ok(g) => g,
+        Err(_) => {
+            let g = atrest_store::Group {
+                id: atrest_store::GroupId::new_random(),
+                org_id: org.clone(),
+                name: "demo".into(),
+                created_at: time::OffsetDateTime::now_utc(),
+            };
+            store.create_group(&g).await.map_err(|e| anyhow::anyhow!("creating the demo project: {e}"))?;
+            g
+        }
+    };
+
+    eprintln!("[4/4] ready");
+    let up_json = json!({
+        "control_plane_url": control.url(),
+        "emulator_json": data_dir.join("emulator").join("emulator.json"),
+        "platform_app_id": layout.platform_app_id,
+        "org_id": creds.org_id,
+        "api_key": {"public_key": creds.api_public, "private_key": creds.api_private},
+        "service_account": {"client_id": creds.sa_client_id, "client_secret": creds.sa_secret},
+        "demo": {
+            "group_id": group.id.as_str(),
+            "customer_tenant_id": layout.customer_tenant.tenant_id,
+            "subscription_id": layout.customer_tenant.subscription_id,
+            "resource_group": layout.customer_resource_group,
+            "key_vault_name": layout.customer_vault,
+            "key_identifier": layout.customer_key_id,
+            "service_principal_id": layout.platform_sp_in_customer,
+        },
+    });
+    atrest_control::files::write_private(&data_dir.join("up.json"), &serde_json::to_vec_pretty(&up_json)?)?;
+    print_guide(&data_dir, emu.info(), &layout, control.url(), group.id.as_str(), &creds);
+    if !opts.no_wait {
+        println!("Press Ctrl-C to stop.");
+        crate::wait_for_shutdown().await;
+    }
+    control.shutdown().await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+fn print_guide(
+    data_dir: &Path,
+    emu: &atrest_emulator::EmulatorInfo,
+    d: &DemoLayout,
+    url: &str,
+    group: &str,
+    creds: &Credentials,
+) {
     let port = emu.listen.rsplit(':').next().unwrap_or("443");
     let ca = &emu.ca_pem;
     let c = &d.customer_tenant;
     let ct = format!("--cacert {ca} --connect-to ::127.0.0.1:{port}");
+    let atlas = format!(
+        "curl -s --digest -u {}:$(jq -r .api_key.private_key {}/up.json) -H 'Accept: application/vnd.atlas.2023-01-01+json' -H 'Content-Type: application/json'",
+        creds.api_public,
+        data_dir.display()
+    );
     println!(
         r#"
-atrest is up. Local Azure (emulator) at https://{listen}, CA {ca}
-State: {dir}
+atrest is up.
+  control plane (Atlas Admin API v2)  {url}
+  local Azure (emulator)              https://{listen}   CA {ca}
+  state and credentials               {dir}/up.json (mode 0600), bootstrap.json in {dir}/control
+  organization {org}, project "demo" {group}
 
 The demo layout (as in the secretless Key Vault guide):
   platform tenant   {pt}  with the multi-tenant platform app {app} (certificate credential)
   customer tenant   {ctid}  subscription {sub}
                     resource group {rg}, vault {vault} (RBAC), key {kid}
                     the platform's service principal in the customer tenant: {sp}
+                    (created as `az ad sp create --id {app}` would)
 
-Every Azure host name is served at 127.0.0.1:{port}. curl reaches them with
-  {ct}
+Atlas calls below use HTTP Digest with the bootstrap API key:
+  ATLAS="{atlas}"
 
-Step 1. Sign in as the customer's admin (client credentials; the secret is in {dir}/demo.json):
+Step 1. Register the service principal with the project (Cloud Provider Access) and keep its _id:
+  ROLE=$($ATLAS -X POST {url}/api/atlas/v2/groups/{group}/cloudProviderAccess \
+      -d '{{"providerName":"AZURE","atlasAzureAppId":"{app}","servicePrincipalId":"{sp}","tenantId":"{ctid}"}}' | jq -r ._id)
+
+Step 2. As the customer, grant the service principal Reader and Key Vault Crypto User on the vault
+  (what `az role assignment create --assignee-object-id {sp} --assignee-principal-type ServicePrincipal --role "Key Vault Crypto User" --scope {vid}` sends).
+  Every Azure host name is served at 127.0.0.1:{port}; curl reaches them with {ct}
   TOKEN=$(curl -s {ct} https://login.microsoftonline.com/{ctid}/oauth2/v2.0/token \
       -d grant_type=client_credentials -d client_id={cid} --data-urlencode client_secret=$(jq -r .customer_tenant.client_secret {dir}/demo.json) \
       -d scope=https://management.azure.com/.default | jq -r .access_token)
+  for ROLEDEF in acdd72a7-3385-48ef-bd42-f606fba81ae7 12338af0-0e69-4776-bea7-57ae8d297424; do
+    curl -s {ct} -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+      "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments/$(cat /proc/sys/kernel/random/uuid)?api-version=2022-04-01" \
+      -d '{{"properties":{{"roleDefinitionId":"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/'$ROLEDEF'","principalId":"{sp}","principalType":"ServicePrincipal"}}}}'
+  done
 
-Step 2. Grant the platform's service principal Reader and Key Vault Crypto User on the vault
-  (what `az role assignment create --assignee-object-id {sp} --assignee-principal-type ServicePrincipal --role "Key Vault Crypto User" --scope {vid}` sends):
-  curl -s {ct} -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-      "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments/$(uuidgen)?api-version=2022-04-01" \
-      -d '{{"properties":{{"roleDefinitionId":"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/12338af0-0e69-4776-bea7-57ae8d297424","principalId":"{sp}","principalType":"ServicePrincipal"}}}}'
-  (Reader is acdd72a7-3385-48ef-bd42-f606fba81ae7.)
+Step 3. Check before patching (dry run: every check, with the az command that fixes each failure):
+  $ATLAS -X POST {url}/api/atrest/v1/groups/{group}/encryptionAtRest/azureKeyVault:validate \
+      -d '{{"enabled":true,"roleId":"'$ROLE'","subscriptionID":"{sub}","resourceGroupName":"{rg}","keyVaultName":"{vault}","keyIdentifier":"{kid}","azureEnvironment":"AZURE"}}' | jq
+  or: atrest doctor --up {dir}/up.json --group {group} --role-id $ROLE
 
-Step 3. The platform now gets short-lived tokens in the customer's tenant with its certificate
-  (no customer secret) and can wrap and unwrap with {kid}.
-  Revoke the grant (DELETE the role assignment) and the next unwrap is refused with ForbiddenByRbac.
+Step 4. Configure Encryption at Rest with the role (no customer secret anywhere):
+  $ATLAS -X PATCH {url}/api/atlas/v2/groups/{group}/encryptionAtRest \
+      -d '{{"azureKeyVault":{{"enabled":true,"roleId":"'$ROLE'","subscriptionID":"{sub}","resourceGroupName":"{rg}","keyVaultName":"{vault}","keyIdentifier":"{kid}","azureEnvironment":"AZURE"}}}}' | jq .azureKeyVault
 
-Admin API (faults, throttling, clock, private endpoints): docs/emulator.md
+Step 5. Read it back ("valid": true), and the events:
+  $ATLAS {url}/api/atlas/v2/groups/{group}/encryptionAtRest | jq .azureKeyVault.valid
+  $ATLAS {url}/api/atlas/v2/groups/{group}/events | jq '.results[].eventTypeName'
+
+Revoke the grant (DELETE the role assignment) and the next revalidation marks the configuration
+invalid and records ENCRYPTION_AT_REST_CONFIG_NO_LONGER_VALID.
+Admin API (faults, throttling, clock, private endpoints): docs/emulator.md. Control plane: docs/control-plane.md
 "#,
         listen = emu.listen,
         dir = data_dir.display(),
+        org = creds.org_id,
         pt = d.platform_tenant.tenant_id,
         app = d.platform_app_id,
         ctid = c.tenant_id,
@@ -73,44 +230,4 @@ Admin API (faults, throttling, clock, private endpoints): docs/emulator.md
         cid = c.client_id,
         vid = d.customer_vault_resource_id,
     );
-}
-
-pub async fn up(data_dir: PathBuf, emulator_listen: SocketAddr, no_wait: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&data_dir)?;
-    eprintln!("[1/3] starting the local Azure emulator in {}/emulator ...", data_dir.display());
-    let emu = Emulator::start(EmulatorConfig::new(emulator_listen, data_dir.join("emulator"))).await?;
-    let http = emulator_client(emu.addr(), &emu.ca_pem())?;
-    let layout_path = data_dir.join("demo.json");
-    let layout: DemoLayout = if layout_path.exists() {
-        eprintln!("[2/3] reusing the demo layout in {}", layout_path.display());
-        serde_json::from_slice(&std::fs::read(&layout_path)?)?
-    } else {
-        eprintln!("[2/3] creating the demo layout (tenants, platform app, vault, key) ...");
-        let l = create_demo_layout(&http, &emu.info().bootstrap).await?;
-        write_private(&layout_path, &serde_json::to_vec_pretty(&l)?)?;
-        l
-    };
-    eprintln!("[3/3] ready");
-    print_guide(&data_dir, emu.info(), &layout);
-    if no_wait {
-        emu.shutdown().await;
-        return Ok(());
-    }
-    println!("Press Ctrl-C to stop.");
-    crate::wait_for_shutdown().await;
-    emu.shutdown().await;
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(bytes)
 }

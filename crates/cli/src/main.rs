@@ -4,6 +4,8 @@
 //! the demo layout of `atrest up` lives in [`demo`], the benchmarks in [`bench`].
 
 mod bench;
+mod bench_control;
+mod control;
 mod demo;
 
 use std::net::SocketAddr;
@@ -45,7 +47,12 @@ enum Command {
         #[arg(long, default_value_t = 256 * 1024)]
         max_body_bytes: usize,
     },
-    /// Run everything locally: the emulator with a demo layout, and print how to use it.
+    /// Run everything locally: the emulator with a demo layout and the control plane on its
+    /// embedded store, and print how to walk the secretless flow step by step.
+    ///
+    /// When ready it writes DATA_DIR/up.json (mode 0600): the control plane URL, the emulator's
+    /// contract file, the platform app id, and the bootstrap organization, API key and service
+    /// account.
     Up {
         /// Directory for all local state.
         #[arg(long, env = "ATREST_DATA_DIR", default_value = ".atrest")]
@@ -53,9 +60,29 @@ enum Command {
         /// Emulator listen address.
         #[arg(long, default_value = "127.0.0.1:0")]
         emulator_listen: SocketAddr,
+        /// Control plane listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
         /// Set everything up, print the guide, and exit instead of serving.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Run the control plane (Atlas Admin API v2 subset) from a config file and ATREST_*
+    /// environment variables. See docs/control-plane.md.
+    Serve {
+        /// TOML config file; without it, defaults and environment variables apply.
+        #[arg(long, env = "ATREST_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a project's Azure Key Vault configuration (or a candidate one) without changing
+    /// anything, and print every check with the command that fixes it.
+    Doctor(control::DoctorArgs),
+    /// Local administration on the control plane's store: projects, API keys, service accounts.
+    Admin {
+        #[arg(long, env = "ATREST_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: control::Admin,
     },
     /// Benchmarks that print a figure next to a baseline measured in the same run.
     Bench {
@@ -88,7 +115,17 @@ fn main() -> anyhow::Result<()> {
                 emu.shutdown().await;
                 Ok(())
             }
-            Command::Up { data_dir, emulator_listen, no_wait } => demo::up(data_dir, emulator_listen, no_wait).await,
+            Command::Up { data_dir, emulator_listen, listen, no_wait } => {
+                demo::up(demo::UpOptions { data_dir, emulator_listen, control_listen: listen, no_wait }).await
+            }
+            Command::Serve { config } => control::serve(config).await,
+            Command::Doctor(args) => {
+                if !control::doctor(args).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Admin { config, cmd } => control::admin(config, cmd).await,
             Command::Bench { which } => bench::run(which).await,
         }
     })

@@ -195,6 +195,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return its own large error type
 mod tests {
     use super::*;
 

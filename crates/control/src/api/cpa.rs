@@ -129,7 +129,7 @@ fn parse_request(body: serde_json::Map<String, Value>) -> ApiResult<AzureRoleReq
 
 /// The platform app id a request must name (and the one used when it names none).
 fn platform_app_id(state: &AppState, requested: Option<&AzureUuid>) -> ApiResult<AzureUuid> {
-    let Some(platform) = state.platform.app_id.clone() else {
+    let Some(platform) = state.platform.app_id else {
         return Err(ApiError::bad_request(
             codes::CANNOT_AUTHENTICATE_SERVICE_PRINCIPAL,
             "This deployment has no platform application configured, so Azure service principals cannot be registered. \

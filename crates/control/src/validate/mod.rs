@@ -19,6 +19,7 @@
 //! Nothing here writes to the store: callers decide what to commit. No key material outlives
 //! the check: the random value and the unwrapped bytes are zeroized on drop.
 
+mod checks;
 pub mod shape;
 
 use atrest_domain::{AzureEnvironment, AzureUuid, KeyIdentifier, VaultName};
@@ -123,8 +124,21 @@ pub enum Depth {
 /// Runs the checks against Azure. `trigger` labels the metrics (`patch`, `dry_run`,
 /// `background`, `read`).
 pub async fn run(state: &AppState, target: &Target, depth: Depth, trigger: &str) -> Report {
-    let _ = (state, target, depth, trigger);
-    todo!("validate helper")
+    let report = checks::run(state, target, depth).await;
+    let result = match report.outcome {
+        Outcome::Valid => "valid",
+        Outcome::Invalid => "invalid",
+        Outcome::Unreachable => "unreachable",
+    };
+    state.metrics.validation(trigger, result);
+    tracing::info!(
+        group = %target.group_id,
+        trigger,
+        result,
+        failed = report.first_failure().map(|c| format!("{:?}", c.name)).unwrap_or_default(),
+        "key vault configuration validated"
+    );
+    report
 }
 
 impl Report {

@@ -1,0 +1,272 @@
+//! `atrest serve`, `atrest doctor` and `atrest admin`: thin command-line front ends over
+//! `atrest_control`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use atrest_control::{Config, ControlPlane};
+use atrest_store::{GroupId, GroupRole, OrgId, OrgRole, Roles};
+
+/// `atrest serve --config FILE`.
+pub async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let control = ControlPlane::start(config).await?;
+    println!("atrest control plane listening on {}", control.url());
+    if let Some(b) = control.bootstrap() {
+        let j = b.to_json();
+        println!(
+            "First start: created organization {} with an Organization Owner API key and service account.",
+            b.org_id
+        );
+        println!(
+            "  API key (HTTP Digest):   public {}  private {}",
+            j["api_key"]["public_key"].as_str().unwrap_or(""),
+            j["api_key"]["private_key"].as_str().unwrap_or("")
+        );
+        println!(
+            "  service account (OAuth): client_id {}  client_secret {}",
+            j["service_account"]["client_id"].as_str().unwrap_or(""),
+            j["service_account"]["client_secret"].as_str().unwrap_or("")
+        );
+        println!("  These are shown once; they are also in {} (mode 0600).", b.file.display());
+    }
+    println!("Press Ctrl-C to stop.");
+    crate::wait_for_shutdown().await;
+    control.shutdown().await;
+    Ok(())
+}
+
+/// Where `doctor` finds the control plane and its credentials.
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// Read the URL and the service account from this up.json (written by `atrest up`).
+    #[arg(long, default_value = ".atrest/up.json")]
+    pub up: PathBuf,
+    /// Control plane URL (overrides up.json).
+    #[arg(long, env = "ATREST_URL")]
+    pub url: Option<String>,
+    /// Service account client id (overrides up.json).
+    #[arg(long, env = "ATREST_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Service account secret (overrides up.json).
+    #[arg(long, env = "ATREST_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    /// The project (24 hex characters).
+    #[arg(long)]
+    pub group: String,
+    /// An azureKeyVault JSON body to check (file path); attributes given as flags override it.
+    /// With neither, the project's stored configuration is checked.
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+    #[arg(long)]
+    pub role_id: Option<String>,
+    #[arg(long)]
+    pub subscription_id: Option<String>,
+    #[arg(long)]
+    pub resource_group: Option<String>,
+    #[arg(long)]
+    pub key_vault_name: Option<String>,
+    #[arg(long)]
+    pub key_identifier: Option<String>,
+    #[arg(long)]
+    pub azure_environment: Option<String>,
+}
+
+fn up_json(path: &Path) -> Option<Value> {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// `atrest doctor`: the dry run as a checklist. Exit status 1 when a check fails.
+pub async fn doctor(a: DoctorArgs) -> anyhow::Result<bool> {
+    let up = up_json(&a.up);
+    let pick = |flag: &Option<String>, pointer: &str| -> Option<String> {
+        flag.clone()
+            .or_else(|| up.as_ref().and_then(|u| u.pointer(pointer)).and_then(|v| v.as_str()).map(str::to_owned))
+    };
+    let url = pick(&a.url, "/control_plane_url").context("no control plane URL: pass --url or --up <up.json>")?;
+    let client_id = pick(&a.client_id, "/service_account/client_id")
+        .context("no service account: pass --client-id/--client-secret or --up")?;
+    let secret = pick(&a.client_secret, "/service_account/client_secret").context("no service account secret")?;
+    let mut body: serde_json::Map<String, Value> = match &a.body {
+        Some(p) => serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("{} is not a JSON object", p.display()))?,
+        None => serde_json::Map::new(),
+    };
+    for (name, v) in [
+        ("roleId", &a.role_id),
+        ("subscriptionID", &a.subscription_id),
+        ("resourceGroupName", &a.resource_group),
+        ("keyVaultName", &a.key_vault_name),
+        ("keyIdentifier", &a.key_identifier),
+        ("azureEnvironment", &a.azure_environment),
+    ] {
+        if let Some(v) = v {
+            body.insert(name.into(), json!(v));
+        }
+    }
+    if !body.is_empty() && !body.contains_key("enabled") {
+        body.insert("enabled".into(), json!(true));
+    }
+    let http = reqwest::Client::builder().build()?;
+    let token: Value = http
+        .post(format!("{url}/api/oauth/token"))
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .with_context(|| format!("reaching the control plane at {url}"))?
+        .error_for_status()
+        .context("the service account was refused; check --client-id/--client-secret")?
+        .json()
+        .await?;
+    let access = token["access_token"].as_str().context("no access_token in the token response")?;
+    let r = http
+        .post(format!("{url}/api/atrest/v1/groups/{}/encryptionAtRest/azureKeyVault:validate", a.group))
+        .bearer_auth(access)
+        .header("Accept", "application/vnd.atlas.2023-01-01+json")
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let report: Value = r.json().await?;
+    if !status.is_success() {
+        bail!(
+            "the dry run was refused: HTTP {status} {} {}",
+            report["errorCode"].as_str().unwrap_or(""),
+            report["detail"].as_str().unwrap_or("")
+        );
+    }
+    print!("{}", render_checklist(&report));
+    Ok(report["outcome"] == "VALID")
+}
+
+/// The dry-run report as a checklist, one line per check with its fix underneath.
+pub fn render_checklist(report: &Value) -> String {
+    let mut out = String::new();
+    for c in report["checks"].as_array().into_iter().flatten() {
+        let mark = match c["status"].as_str().unwrap_or("") {
+            "PASSED" => "[ok]  ",
+            "FAILED" => "[FAIL]",
+            "WARNING" => "[warn]",
+            _ => "[skip]",
+        };
+        let code = c["azureErrorCode"].as_str().map(|c| format!(" ({c})")).unwrap_or_default();
+        out.push_str(&format!(
+            "{mark} {:<12} {}{code}\n",
+            c["name"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        ));
+        if let Some(fix) = c["fix"].as_str() {
+            out.push_str(&format!("         fix: {fix}\n"));
+        }
+    }
+    let outcome = report["outcome"].as_str().unwrap_or("?");
+    out.push_str(&format!("\nresult: {outcome}"));
+    if let Some(v) = report["keyVersionInUse"].as_str() {
+        out.push_str(&format!(" (key version {v})"));
+    }
+    out.push('\n');
+    out
+}
+
+/// `atrest admin`: local administration straight on the store (needs the control plane's
+/// config, data directory and KEK).
+#[derive(Subcommand)]
+pub enum Admin {
+    /// Create a project in an organization.
+    #[command(name = "create-project")]
+    Project {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Create a programmatic API key (HTTP Digest). Roles: ORG_OWNER, ORG_READ_ONLY,
+    /// GROUP_OWNER:<groupId>, GROUP_READ_ONLY:<groupId>.
+    #[command(name = "create-api-key")]
+    ApiKey {
+        #[arg(long)]
+        org: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Create a service account (OAuth client credentials). Roles as for create-api-key.
+    #[command(name = "create-service-account")]
+    ServiceAccount {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+}
+
+fn parse_roles(specs: &[String]) -> anyhow::Result<Roles> {
+    let mut roles = Roles::default();
+    for s in specs {
+        match s.split_once(':') {
+            Some((role, group)) => {
+                let role =
+                    GroupRole::parse(role).map_err(|e| anyhow::anyhow!("{e}: use GROUP_OWNER or GROUP_READ_ONLY"))?;
+                let group = GroupId::parse(group).map_err(|e| anyhow::anyhow!("group id '{group}': {e}"))?;
+                roles.groups.entry(group).or_default().insert(role);
+            }
+            None => {
+                roles.org.insert(
+                    OrgRole::parse(s)
+                        .map_err(|e| anyhow::anyhow!("{e}: use ORG_OWNER, ORG_MEMBER or ORG_READ_ONLY"))?,
+                );
+            }
+        }
+    }
+    Ok(roles)
+}
+
+pub async fn admin(config: Option<PathBuf>, cmd: Admin) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let state = atrest_control::server::open_state(config).await?;
+    match cmd {
+        Admin::Project { org, name } => {
+            let org = OrgId::parse(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+            let g = atrest_store::Group {
+                id: GroupId::new_random(),
+                org_id: org,
+                name,
+                created_at: time::OffsetDateTime::now_utc(),
+            };
+            state.store.create_group(&g).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", json!({"id": g.id.as_str(), "name": g.name, "orgId": g.org_id.as_str()}));
+        }
+        Admin::ApiKey { org, description, roles } => {
+            let org = OrgId::parse(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+            let (key, private) =
+                atrest_control::auth::provision::create_api_key(&state, &org, &description, parse_roles(&roles)?)
+                    .await?;
+            println!(
+                "{}",
+                json!({"publicKey": key.public_key, "privateKey": private.expose_secret(), "orgId": org.as_str()})
+            );
+            eprintln!("The private key is shown once; store it now.");
+        }
+        Admin::ServiceAccount { org, name, roles } => {
+            let org = OrgId::parse(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+            let (sa, secret) =
+                atrest_control::auth::provision::create_service_account(&state, &org, &name, parse_roles(&roles)?)
+                    .await?;
+            println!(
+                "{}",
+                json!({"clientId": sa.client_id.as_str(), "clientSecret": secret.expose_secret(), "orgId": org.as_str()})
+            );
+            eprintln!("The secret is shown once; store it now.");
+        }
+    }
+    state.store.close().await;
+    Ok(())
+}

@@ -1,0 +1,658 @@
+//! Checks 2–7 against Azure (see the module above for the list and their order).
+//!
+//! The schedule, which the benchmark `atrest bench control-patch` counts in round trips:
+//!
+//! ```text
+//! round 0  tokens: Key Vault + ARM audiences, together (cached; not counted)
+//! round 1  ARM vault GET  ‖  key GET (resolve)  ‖  wrap  ‖  [diagnose: role assignments]
+//! round 2  unwrap of what round 1 wrapped (a re-wrap first only when an unversioned id's
+//!          current version was unusable and resolve picked another one)
+//! ```
+
+use std::collections::BTreeSet;
+
+use atrest_azure::{
+    AzureClient, EncryptionAlgorithm, Error as AzureError, ErrorKind, KeyProperties, RoleAssignment, VaultProperties,
+    VaultRef,
+};
+use atrest_domain::AzureUuid;
+use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
+
+use super::{CheckName, CheckResult, CheckStatus, Credential, Depth, Outcome, Report, Target};
+use crate::state::AppState;
+
+/// The wrap algorithm the probe (and the data nodes) use.
+const PROBE_ALGORITHM: EncryptionAlgorithm = EncryptionAlgorithm::RsaOaep256;
+
+/// Built-in roles whose dataActions include `keys/read`, `keys/wrap/action` and
+/// `keys/unwrap/action` (GUIDs from Azure's built-in roles list).
+const DATA_ROLES: &[(&str, &str)] = &[
+    ("12338af0-0e69-4776-bea7-57ae8d297424", "Key Vault Crypto User"),
+    ("e147488a-f6f5-4113-8e2d-b22465e65bf6", "Key Vault Crypto Service Encryption User"),
+    ("14b46e9e-c2b7-41b4-b07b-48a6ebf60603", "Key Vault Crypto Officer"),
+    ("00482a5a-887f-4fb3-b363-3b7fe8e74483", "Key Vault Administrator"),
+];
+
+/// Access-policy key permissions the validation needs.
+const POLICY_PERMISSIONS: &[&str] = &["get", "wrapKey", "unwrapKey"];
+
+/// One check's outcome before it becomes a [`CheckResult`]: the class of a failure decides the
+/// report's outcome (a denial is not an outage).
+struct Step {
+    result: CheckResult,
+    failure: Option<ErrorKind>,
+}
+
+impl Step {
+    fn passed(name: CheckName, message: impl Into<String>) -> Step {
+        Step { result: result(name, CheckStatus::Passed, message, None, None), failure: None }
+    }
+
+    fn warning(name: CheckName, message: impl Into<String>, fix: Option<String>) -> Step {
+        Step { result: result(name, CheckStatus::Warning, message, None, fix), failure: None }
+    }
+
+    fn skipped(name: CheckName, message: impl Into<String>) -> Step {
+        Step { result: result(name, CheckStatus::Skipped, message, None, None), failure: None }
+    }
+
+    /// A failure found by looking at an answer (not an error from Azure).
+    fn failed(name: CheckName, kind: ErrorKind, message: impl Into<String>, fix: Option<String>) -> Step {
+        Step { result: result(name, CheckStatus::Failed, message, None, fix), failure: Some(kind) }
+    }
+
+    /// A failure Azure answered (or a failure to reach it).
+    fn azure(name: CheckName, what: &str, e: &AzureError) -> Step {
+        let (prose, command) = split_remediation(e.remediation());
+        let mut message = format!("{what}: {} {}", e.service(), e.kind());
+        if let Some(s) = e.status() {
+            message.push_str(&format!(" (HTTP {s})"));
+        }
+        let azure_message = one_line(e.message());
+        if !azure_message.is_empty() {
+            message.push_str(&format!(": {azure_message}"));
+        }
+        if e.attempts() > 1 {
+            message.push_str(&format!(" (after {} attempts)", e.attempts()));
+        }
+        if let Some(p) = prose {
+            message.push_str(&format!(". {p}"));
+        }
+        let code = e.code().map(str::to_owned).or_else(|| e.aadsts_code().map(|c| format!("AADSTS{c}")));
+        Step { result: result(name, CheckStatus::Failed, message, code, command), failure: Some(e.kind()) }
+    }
+}
+
+fn result(
+    name: CheckName,
+    status: CheckStatus,
+    message: impl Into<String>,
+    azure_error_code: Option<String>,
+    fix: Option<String>,
+) -> CheckResult {
+    CheckResult { name, status, azure_error_code, message: message.into(), fix }
+}
+
+/// Azure messages use "\r\n" between fields; one line reads better in a report.
+fn one_line(s: &str) -> String {
+    s.split(['\r', '\n']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The azure crate's remediations read "what to do: `the command` (a note)". The report wants
+/// the command on its own (`fix`) and the words in the message.
+fn split_remediation(r: Option<&str>) -> (Option<String>, Option<String>) {
+    let Some(r) = r else { return (None, None) };
+    let mut parts = r.splitn(3, '`');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(before), Some(command), Some(after)) => {
+            let words = format!("To fix it, {}{}", before.trim_end_matches([':', ' ']), after.trim_end());
+            (Some(words), Some(command.to_owned()))
+        }
+        _ => (Some(format!("To fix it, {r}")), None),
+    }
+}
+
+fn azure_outcome(state: &AppState, operation: &str, r: &Result<impl Sized, AzureError>) {
+    let outcome = match r {
+        Ok(_) => "ok",
+        Err(e) => match e.kind() {
+            ErrorKind::Denied => "denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Disabled => "disabled",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Misconfigured => "misconfigured",
+        },
+    };
+    state.metrics.azure_call(operation, outcome);
+}
+
+/// The principal whose grants matter: the platform's service principal in the customer tenant,
+/// or, for static credentials, the `oid` of the token Entra issued to the customer's app.
+fn principal_of(target: &Target, arm_token: Option<&str>) -> Option<AzureUuid> {
+    match &target.credential {
+        Credential::Secretless { service_principal_id } => Some(*service_principal_id),
+        Credential::Static { .. } => arm_token.and_then(token_oid),
+    }
+}
+
+/// The `oid` claim of a JWT access token, read without verifying it: it is the token Entra just
+/// issued to us over TLS, used only to name the principal in a diagnosis.
+fn token_oid(jwt: &str) -> Option<AzureUuid> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("oid")?.as_str()?.parse().ok()
+}
+
+pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Report {
+    let mut steps = vec![Step::passed(
+        CheckName::Shape,
+        format!(
+            "keyIdentifier {} names key '{}' in vault '{}' ({}), as keyVaultName and azureEnvironment say",
+            target.key,
+            target.key.name(),
+            target.vault,
+            target.environment.as_str()
+        ),
+    )];
+    let client: AzureClient = match &target.credential {
+        Credential::Secretless { .. } => match state.platform.secretless() {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                steps.push(Step::failed(CheckName::Token, ErrorKind::Misconfigured, e.detail.clone(), None));
+                return finish(steps);
+            }
+        },
+        Credential::Static { client_id, secret } => state.platform.static_client(*client_id, secret.clone()),
+    };
+
+    // Round 0: tokens for both audiences.
+    let tokens = client.tokens();
+    let (kv_token, arm_token) = tokio::join!(
+        tokens.key_vault_token(target.environment, &target.tenant_id),
+        tokens.arm_token(target.environment, &target.tenant_id)
+    );
+    azure_outcome(state, "token", &kv_token);
+    azure_outcome(state, "token", &arm_token);
+    let arm_token = match (kv_token, arm_token) {
+        (Ok(_), Ok(t)) => t,
+        (Err(e), _) | (_, Err(e)) => {
+            steps.push(Step::azure(
+                CheckName::Token,
+                &format!("no token in tenant {} for {}", target.tenant_id, credential_label(target)),
+                &e,
+            ));
+            return finish(steps);
+        }
+    };
+    steps.push(Step::passed(
+        CheckName::Token,
+        format!("obtained tokens in tenant {} for {}", target.tenant_id, credential_label(target)),
+    ));
+    let principal = principal_of(target, Some(arm_token.expose_secret()));
+    drop(arm_token);
+
+    // Round 1: the ARM read, the key GET and the wrap go out together.
+    let arm = client.arm(target.environment, target.tenant_id);
+    let kv = client.key_vault(target.tenant_id);
+    let vault_ref = VaultRef::new(target.subscription_id, target.resource_group.clone(), target.vault.clone());
+    let vault_id = vault_ref.resource_id();
+    let probe = Zeroizing::new(crate::auth::provision::random_bytes::<32>());
+    let now_unix = state.now().unix_timestamp();
+    let diagnose_rbac = depth == Depth::Diagnose && principal.is_some();
+    let (vault, key, wrapped, assignments) = tokio::join!(
+        arm.get_vault(&vault_ref),
+        kv.resolve_key(&target.key, now_unix),
+        kv.wrap_key(&target.key, PROBE_ALGORITHM, probe.as_ref()),
+        async {
+            match (diagnose_rbac, principal) {
+                (true, Some(p)) => Some(arm.role_assignments(&vault_id, &p).await),
+                _ => None,
+            }
+        }
+    );
+    azure_outcome(state, "arm_get_vault", &vault);
+    azure_outcome(state, "kv_get_key", &key);
+    azure_outcome(state, "kv_wrap", &wrapped);
+    if let Some(a) = &assignments {
+        azure_outcome(state, "arm_role_assignments", a);
+    }
+
+    steps.push(vault_step(target, &vault_id, &vault));
+
+    let key_props = key.as_ref().ok();
+    steps.push(key_step(target, &key, now_unix));
+    let key_usable = steps.last().is_some_and(|s| s.failure.is_none());
+
+    // Round 2: unwrap on the server what round 1 wrapped.
+    let mut key_version_in_use = None;
+    let wrap_step = match (wrapped, key_props) {
+        (Err(e), _) => Step::azure(CheckName::WrapUnwrap, "wrapping a random 32-byte value failed", &e),
+        (Ok(_), _) if !key_usable => Step::skipped(CheckName::WrapUnwrap, "not run: the key check failed"),
+        (Ok(mut ciphertext), Some(props)) => {
+            if ciphertext.key_id != props.id {
+                // An unversioned id whose current version is unusable: resolve picked another
+                // version; wrap with the version that will be used.
+                let again = kv.wrap_key(&props.id, PROBE_ALGORITHM, probe.as_ref()).await;
+                azure_outcome(state, "kv_wrap", &again);
+                match again {
+                    Ok(c) => ciphertext = c,
+                    Err(e) => {
+                        steps.push(Step::azure(
+                            CheckName::WrapUnwrap,
+                            &format!("wrapping with {} failed", props.id),
+                            &e,
+                        ));
+                        return finish(steps);
+                    }
+                }
+            }
+            let unwrapped = kv.unwrap_key(&ciphertext.key_id, ciphertext.algorithm, &ciphertext.value).await;
+            azure_outcome(state, "kv_unwrap", &unwrapped);
+            match unwrapped {
+                Err(e) => Step::azure(CheckName::WrapUnwrap, "the server-side unwrap failed", &e),
+                Ok(plain) if plain.value.expose_secret() == probe.as_slice() => {
+                    key_version_in_use = Some(ciphertext.key_id.to_string());
+                    Step::passed(
+                        CheckName::WrapUnwrap,
+                        format!(
+                            "wrapped a random 32-byte value with {} ({}) and Key Vault unwrapped it back",
+                            ciphertext.key_id,
+                            ciphertext.algorithm.as_str()
+                        ),
+                    )
+                }
+                Ok(_) => Step::failed(
+                    CheckName::WrapUnwrap,
+                    ErrorKind::Misconfigured,
+                    format!("Key Vault unwrapped a different value than {} wrapped", ciphertext.key_id),
+                    None,
+                ),
+            }
+        }
+        (Ok(_), None) => Step::skipped(CheckName::WrapUnwrap, "not run: the key could not be read"),
+    };
+    steps.push(wrap_step);
+
+    if state.config.validation.require_key_binding {
+        steps.push(binding_step(state, target, key_props));
+    }
+
+    let mut report = finish(steps_with_permissions(steps, target, depth, principal, &vault, assignments));
+    report.key_version_in_use = if report.outcome == Outcome::Valid { key_version_in_use } else { None };
+    report
+}
+
+fn credential_label(target: &Target) -> String {
+    match &target.credential {
+        Credential::Secretless { service_principal_id } => {
+            format!("the platform application (service principal {service_principal_id})")
+        }
+        Credential::Static { client_id, .. } => format!("the customer application {client_id} (static credentials)"),
+    }
+}
+
+fn vault_step(target: &Target, vault_id: &str, vault: &Result<VaultProperties, AzureError>) -> Step {
+    let v = match vault {
+        Err(e) => return Step::azure(CheckName::Vault, &format!("reading vault {vault_id} through ARM failed"), e),
+        Ok(v) => v,
+    };
+    if let Some(t) = v.tenant_id
+        && t != target.tenant_id
+    {
+        return Step::failed(
+            CheckName::Vault,
+            ErrorKind::Misconfigured,
+            format!(
+                "vault {} belongs to tenant {t}, but the configuration names tenant {}",
+                target.vault, target.tenant_id
+            ),
+            Some(format!("az keyvault show --name {} --query properties.tenantId -o tsv", target.vault)),
+        );
+    }
+    let expected_uri = target.key.vault_url();
+    if let Some(uri) = &v.vault_uri
+        && !uri.trim_end_matches('/').eq_ignore_ascii_case(expected_uri.trim_end_matches('/'))
+    {
+        return Step::failed(
+            CheckName::Vault,
+            ErrorKind::Misconfigured,
+            format!("vault {} is served at {uri}, not at {expected_uri} as keyIdentifier says", target.vault),
+            Some(format!("az keyvault show --name {} --query properties.vaultUri -o tsv", target.vault)),
+        );
+    }
+    let auth = if v.enable_rbac_authorization { "Azure RBAC" } else { "access policies" };
+    if !v.enable_purge_protection {
+        return Step::warning(
+            CheckName::Vault,
+            format!(
+                "vault {} ({auth}) has purge protection off: a deleted key could be purged before its retention ends, destroying the data it protects",
+                target.vault
+            ),
+            Some(format!(
+                "az keyvault update --name {} --resource-group {} --enable-purge-protection true",
+                target.vault, target.resource_group
+            )),
+        );
+    }
+    Step::passed(
+        CheckName::Vault,
+        format!(
+            "vault {} found in resource group {} ({auth}, purge protection on)",
+            target.vault, target.resource_group
+        ),
+    )
+}
+
+fn key_step(target: &Target, key: &Result<KeyProperties, AzureError>, now_unix: i64) -> Step {
+    let k = match key {
+        Err(e) => return Step::azure(CheckName::Key, &format!("reading key {} failed", target.key), e),
+        Ok(k) => k,
+    };
+    let version_arg = k.id.version().map(|v| format!(" --version {v}")).unwrap_or_default();
+    let set_attributes =
+        format!("az keyvault key set-attributes --vault-name {} --name {}{version_arg}", target.vault, k.id.name());
+    if let Some(reason) = k.unusable_reason(now_unix) {
+        let fix = if !k.enabled {
+            format!("{set_attributes} --enabled true")
+        } else if k.not_before.is_some_and(|nbf| now_unix < nbf) {
+            format!("{set_attributes} --not-before <YYYY-MM-DDThh:mm:ssZ>")
+        } else {
+            format!("{set_attributes} --expires <YYYY-MM-DDThh:mm:ssZ>")
+        };
+        let code = if !k.enabled { "KeyDisabled" } else { "KeyNotUsable" };
+        let mut s = Step::failed(
+            CheckName::Key,
+            ErrorKind::Disabled,
+            format!("{reason}; the platform cannot use it"),
+            Some(fix),
+        );
+        if !k.enabled {
+            s.result.azure_error_code = Some(code.into());
+        }
+        return s;
+    }
+    if !k.kty.starts_with("RSA") {
+        return Step::failed(
+            CheckName::Key,
+            ErrorKind::Misconfigured,
+            format!("key {} is of type {}; wrapping needs an RSA or RSA-HSM key", k.id, k.kty),
+            Some(format!(
+                "az keyvault key create --vault-name {} --name <new key name> --kty RSA --size 3072",
+                target.vault
+            )),
+        );
+    }
+    let missing: Vec<&str> = ["wrapKey", "unwrapKey"].into_iter().filter(|op| !k.allows(op)).collect();
+    if !missing.is_empty() {
+        return Step::failed(
+            CheckName::Key,
+            ErrorKind::Disabled,
+            format!("key {} does not allow {} (key_ops: {})", k.id, missing.join(" and "), k.key_ops.join(", ")),
+            Some(format!("{set_attributes} --ops encrypt decrypt wrapKey unwrapKey")),
+        );
+    }
+    let resolved =
+        if target.key.version().is_none() { format!(", resolved to version {}", k.id) } else { String::new() };
+    Step::passed(
+        CheckName::Key,
+        format!(
+            "key {} is an enabled {} key of {} bits allowing wrapKey and unwrapKey{resolved}",
+            target.key,
+            k.kty,
+            k.key_size_bits()
+        ),
+    )
+}
+
+fn binding_step(state: &AppState, target: &Target, key: Option<&KeyProperties>) -> Step {
+    let tag = &state.config.validation.key_binding_tag;
+    let group = target.group_id.as_str();
+    let Some(k) = key else {
+        return Step::skipped(CheckName::KeyBinding, "not run: the key could not be read");
+    };
+    let version_arg = k.id.version().map(|v| format!(" --version {v}")).unwrap_or_default();
+    let fix = format!(
+        "az keyvault key set-attributes --vault-name {} --name {}{version_arg} --tags {tag}={group}",
+        target.vault,
+        k.id.name()
+    );
+    match k.tags.get(tag) {
+        Some(v) if v.split([',', ' ']).any(|p| p == group) => {
+            Step::passed(CheckName::KeyBinding, format!("key {} carries the tag {tag}={group}", k.id))
+        }
+        Some(v) => Step::failed(
+            CheckName::KeyBinding,
+            ErrorKind::Denied,
+            format!(
+                "key {} is bound to another project ({tag}={v}); this deployment requires the key to name this project, so that no other project can use it",
+                k.id
+            ),
+            Some(fix),
+        ),
+        None => Step::failed(
+            CheckName::KeyBinding,
+            ErrorKind::Denied,
+            format!(
+                "key {} has no {tag} tag; this deployment requires the key's owner to bind it to the project by tagging it with the project id",
+                k.id
+            ),
+            Some(fix),
+        ),
+    }
+}
+
+/// Adds the `permissions` diagnosis (dry run only) and, when Key Vault refused with
+/// `ForbiddenByRbac` although a data role is assigned, says that propagation takes minutes.
+fn steps_with_permissions(
+    mut steps: Vec<Step>,
+    target: &Target,
+    depth: Depth,
+    principal: Option<AzureUuid>,
+    vault: &Result<VaultProperties, AzureError>,
+    assignments: Option<Result<Vec<RoleAssignment>, AzureError>>,
+) -> Vec<Step> {
+    if depth != Depth::Diagnose {
+        return steps;
+    }
+    let Some(principal) = principal else {
+        steps.push(Step::skipped(
+            CheckName::Permissions,
+            "the principal's object id is unknown, so its grants could not be read",
+        ));
+        return steps;
+    };
+    let vault_id =
+        VaultRef::new(target.subscription_id, target.resource_group.clone(), target.vault.clone()).resource_id();
+    let v = match vault {
+        Ok(v) => v,
+        Err(_) => {
+            steps.push(Step::skipped(
+                CheckName::Permissions,
+                "the vault could not be read through ARM (see the vault check), so the grants could not be read",
+            ));
+            return steps;
+        }
+    };
+    let step = if v.enable_rbac_authorization {
+        match assignments {
+            None => Step::skipped(CheckName::Permissions, "role assignments were not read"),
+            Some(Err(e)) => {
+                Step::azure(CheckName::Permissions, &format!("reading role assignments at {vault_id} failed"), &e)
+            }
+            Some(Ok(list)) => {
+                let names: BTreeSet<String> = list
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} at {}",
+                            a.role_name.clone().unwrap_or_else(|| a.role_definition_guid().to_owned()),
+                            a.scope
+                        )
+                    })
+                    .collect();
+                let data = list
+                    .iter()
+                    .find(|a| DATA_ROLES.iter().any(|(g, _)| a.role_definition_guid().eq_ignore_ascii_case(g)));
+                match data {
+                    Some(a) => {
+                        let role = a.role_name.as_deref().unwrap_or("a Key Vault data role");
+                        // The grant is there: a ForbiddenByRbac from Key Vault means it has not
+                        // propagated yet.
+                        for s in steps.iter_mut() {
+                            if s.result.azure_error_code.as_deref() == Some("ForbiddenByRbac") {
+                                s.result.message.push_str(&format!(
+                                    ". The service principal already has '{role}' at {}: new role assignments can take several minutes (up to 10) to reach Key Vault; retry in a few minutes",
+                                    a.scope
+                                ));
+                                s.result.fix = Some(format!(
+                                    "az role assignment list --assignee {principal} --scope {vault_id} --include-inherited -o table"
+                                ));
+                            }
+                        }
+                        Step::passed(
+                            CheckName::Permissions,
+                            format!(
+                                "service principal {principal} holds: {}",
+                                names.into_iter().collect::<Vec<_>>().join("; ")
+                            ),
+                        )
+                    }
+                    None => Step::failed(
+                        CheckName::Permissions,
+                        ErrorKind::Denied,
+                        format!(
+                            "service principal {principal} holds no role with the Key Vault key dataActions (keys/read, keys/wrap/action, keys/unwrap/action) at or above {vault_id}{}",
+                            if names.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; it holds: {}", names.into_iter().collect::<Vec<_>>().join("; "))
+                            }
+                        ),
+                        Some(format!(
+                            "az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal --role \"Key Vault Crypto User\" --scope {vault_id}"
+                        )),
+                    ),
+                }
+            }
+        }
+    } else {
+        let fix = format!(
+            "az keyvault set-policy --name {} --resource-group {} --object-id {principal} --key-permissions get wrapKey unwrapKey",
+            target.vault, target.resource_group
+        );
+        match v.access_policy_for(&target.tenant_id, &principal) {
+            None => Step::failed(
+                CheckName::Permissions,
+                ErrorKind::Denied,
+                format!(
+                    "vault {} uses access policies and has none for service principal {principal} in tenant {}",
+                    target.vault, target.tenant_id
+                ),
+                Some(fix),
+            ),
+            Some(p) => {
+                let missing: Vec<&str> =
+                    POLICY_PERMISSIONS.iter().copied().filter(|perm| !p.allows_key(perm)).collect();
+                if missing.is_empty() {
+                    Step::passed(
+                        CheckName::Permissions,
+                        format!(
+                            "the access policy for {principal} grants key permissions: {}",
+                            p.key_permissions.join(", ")
+                        ),
+                    )
+                } else {
+                    Step::failed(
+                        CheckName::Permissions,
+                        ErrorKind::Denied,
+                        format!(
+                            "the access policy for {principal} lacks the key permissions {} (it grants: {})",
+                            missing.join(", "),
+                            p.key_permissions.join(", ")
+                        ),
+                        Some(fix),
+                    )
+                }
+            }
+        }
+    };
+    steps.push(step);
+    steps
+}
+
+/// The report: checks in order, the outcome from the failures' classes.
+fn finish(mut steps: Vec<Step>) -> Report {
+    // Checks that never ran because an earlier one stopped the run.
+    let ran: BTreeSet<&'static str> = steps.iter().map(|s| name_of(s.result.name)).collect();
+    for name in [CheckName::Token, CheckName::Vault, CheckName::Key, CheckName::WrapUnwrap] {
+        if !ran.contains(name_of(name)) {
+            steps.push(Step::skipped(name, "not run: an earlier check failed"));
+        }
+    }
+    steps.sort_by_key(|s| order(s.result.name));
+    let failures: Vec<ErrorKind> = steps.iter().filter_map(|s| s.failure).collect();
+    let outcome = if failures.is_empty() {
+        Outcome::Valid
+    } else if failures.iter().all(|k| k.is_transient()) {
+        Outcome::Unreachable
+    } else {
+        Outcome::Invalid
+    };
+    Report { outcome, checks: steps.into_iter().map(|s| s.result).collect(), key_version_in_use: None }
+}
+
+fn order(name: CheckName) -> u8 {
+    match name {
+        CheckName::Shape => 0,
+        CheckName::Token => 1,
+        CheckName::Vault => 2,
+        CheckName::Key => 3,
+        CheckName::WrapUnwrap => 4,
+        CheckName::KeyBinding => 5,
+        CheckName::Permissions => 6,
+    }
+}
+
+fn name_of(name: CheckName) -> &'static str {
+    match name {
+        CheckName::Shape => "shape",
+        CheckName::Token => "token",
+        CheckName::Vault => "vault",
+        CheckName::Key => "key",
+        CheckName::WrapUnwrap => "wrap_unwrap",
+        CheckName::KeyBinding => "key_binding",
+        CheckName::Permissions => "permissions",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remediation_splits_into_words_and_command() {
+        let (words, cmd) = split_remediation(Some(
+            "grant the data role: `az role assignment create --role \"Key Vault Crypto User\"` (can take minutes)",
+        ));
+        assert_eq!(cmd.as_deref(), Some("az role assignment create --role \"Key Vault Crypto User\""));
+        assert_eq!(words.as_deref(), Some("To fix it, grant the data role (can take minutes)"));
+        let (words, cmd) = split_remediation(Some("configure tenant X"));
+        assert_eq!((words.as_deref(), cmd), (Some("To fix it, configure tenant X"), None));
+        assert_eq!(split_remediation(None), (None, None));
+    }
+
+    #[test]
+    fn oid_is_read_from_the_token_payload() {
+        use base64::Engine;
+        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let oid = "4f1c1a3e-8a52-4a3b-9f2e-1d2c3b4a5f60";
+        let jwt = format!("{}.{}.sig", enc(r#"{"alg":"RS256"}"#), enc(&format!(r#"{{"oid":"{oid}"}}"#)));
+        assert_eq!(token_oid(&jwt).map(|o| o.to_string()), Some(oid.to_string()));
+        assert_eq!(token_oid("not-a-jwt"), None);
+        assert_eq!(token_oid(&format!("a.{}.c", enc(r#"{"oid":"nope"}"#))), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! No secret, token or key material ever reaches the logs. Runs the secret-bearing flows
+//! (service-account token issue and use, static-credential PATCH with its secret, secretless
+//! PATCH with the platform certificate, dry run, revalidation) with every atrest crate logging
+//! at TRACE and everything else at DEBUG, then greps the captured output.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use atrest_emulator::scenario::{self, VaultAuth};
+use support::{Env, Options};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_secrets_tokens_or_key_material() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "debug,atrest_control=trace,atrest_azure=trace,atrest_store=trace,atrest_emulator=trace",
+        ))
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let env =
+        Env::start_with(Options { revalidate_interval_secs: 1, on_read_min_interval_secs: 1, ..Options::default() })
+            .await;
+    let group = env.project("logs").await;
+    let t = env.tenant(VaultAuth::Rbac).await;
+
+    // Static credentials with a secret.
+    let app = env
+        .az
+        .register_app(
+            &env.emu.info().bootstrap,
+            json!({"home_tenant_id": t.customer.tenant_id(), "display_name": "legacy", "generate_secret": true, "create_service_principal": true}),
+        )
+        .await
+        .unwrap();
+    let static_secret = app["client_secret"].as_str().unwrap().to_string();
+    let legacy_sp = app["service_principal_id"].as_str().unwrap();
+    t.customer.assign_role(legacy_sp, scenario::roles::READER, &t.vault_id).await.unwrap();
+    t.customer.assign_role(legacy_sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &t.vault_id).await.unwrap();
+    let (s, v) = env
+        .patch_ear(
+            &group,
+            json!({
+                "enabled": true, "clientID": app["app_id"], "tenantID": t.customer.tenant_id(), "secret": static_secret,
+                "subscriptionID": t.customer.subscription_id(), "resourceGroupName": t.rg, "keyVaultName": t.vault,
+                "keyIdentifier": t.kid, "azureEnvironment": "AZURE",
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Migrate to the secretless mode, run a dry run, let revalidation and on-read checks run.
+    let role = env.register(&group, &t).await;
+    t.grant_rbac().await;
+    let (s, v) = env.patch_ear(&group, json!({"roleId": role})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = env
+        .atlas(
+            reqwest::Method::POST,
+            &format!("/api/atrest/v1/groups/{group}/encryptionAtRest/azureKeyVault:validate"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    env.get_ear(&group).await;
+    // A refused token request and a refused bearer token.
+    let r = env
+        .http
+        .post(format!("{}/api/oauth/token", env.url()))
+        .basic_auth(&env.client_id, Some("wrong-secret-value-1234"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.len() > 1000, "the capture should hold the run's logs ({} bytes)", logs.len());
+    let key_body: String = env.platform.key_pem.lines().filter(|l| !l.starts_with("-----")).take(2).collect();
+    let secrets = [
+        ("service account secret", env.client_secret.as_str()),
+        ("service account bearer token", env.token.as_str()),
+        ("static Azure client secret", static_secret.as_str()),
+        ("platform private key", key_body.as_str()),
+        ("emulator bootstrap secret", env.emu.info().bootstrap.client_secret.as_str()),
+        ("customer admin secret", t.customer.admin.client_secret.as_str()),
+        ("wrong secret attempt", "wrong-secret-value-1234"),
+    ];
+    for (what, secret) in secrets {
+        assert!(secret.len() >= 16, "{what} is long enough to grep for");
+        assert!(!logs.contains(secret), "the logs contain the {what}");
+    }
+    // No Entra access token (JWT) appears either.
+    assert!(!logs.contains("eyJ0eX") && !logs.contains("eyJhbGci"), "the logs contain a JWT");
+}
