@@ -71,6 +71,9 @@ pub struct AzureConfig {
     pub extra_ca_path: Option<PathBuf>,
     /// Per-request timeout to Azure, seconds.
     pub request_timeout_secs: u64,
+    /// Total time one Azure call may spend on retries of 429, 5xx and connection failures
+    /// (attempts and backoff sleeps together), seconds. Denials are never retried.
+    pub retry_budget_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,7 +119,7 @@ impl Default for Config {
 
 impl Default for AzureConfig {
     fn default() -> Self {
-        AzureConfig { endpoint_override: None, extra_ca_path: None, request_timeout_secs: 30 }
+        AzureConfig { endpoint_override: None, extra_ca_path: None, request_timeout_secs: 30, retry_budget_secs: 30 }
     }
 }
 
@@ -173,6 +176,9 @@ impl Config {
         }
         if p.app_id.is_none() && (p.certificate_path.is_some() || p.federated_token_file.is_some()) {
             bail!("platform.app_id is required with a platform credential (ATREST_PLATFORM__APP_ID)");
+        }
+        if self.azure.retry_budget_secs == 0 || self.azure.request_timeout_secs == 0 {
+            bail!("azure.request_timeout_secs and azure.retry_budget_secs must be at least 1");
         }
         if self.max_body_bytes < 1024 {
             bail!("max_body_bytes must be at least 1024");

@@ -8,8 +8,9 @@
 //! - Request bodies may be `application/json` or the vendor type; anything else is 415.
 //! - Successful responses carry `Content-Type: application/vnd.atlas.<resolved>+json`; errors
 //!   stay `application/json`, as in Atlas.
-//! - `envelope=true` wraps the body as `{status, content}` (lists: adds `status` beside
-//!   `results`); `pretty=true` indents it.
+//! - `envelope=true` wraps a successful body as `{status, content}` (lists: adds `status`
+//!   beside `results`); error bodies stay as they are (they carry the status in `error`).
+//!   `pretty=true` indents. Both parse like Java's `Boolean.valueOf` (see [`parse_bool`]).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -75,18 +76,16 @@ fn body_type_ok(content_type: &str) -> bool {
         || media.strip_prefix("application/vnd.atlas.").and_then(|r| r.strip_suffix("+json")).is_some_and(is_date)
 }
 
-/// Parses a boolean query flag the way Atlas documents it (`true`/`false`).
-fn flag(query: &str, name: &str) -> Result<bool, ApiError> {
-    for (k, v) in url_pairs(query) {
-        if k == name {
-            return match v.as_str() {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err(ApiError::invalid_attribute(name, format!("'{v}' is not a boolean; use true or false"))),
-            };
-        }
-    }
-    Ok(false)
+/// Parses a boolean query flag as Atlas does. Atlas's API is served by JAX-RS, which converts a
+/// `boolean` query parameter with `Boolean.valueOf`: `true` in any case is true, and every other
+/// value (`false`, `null`, `yes`, empty) is false rather than an error. The spec documents no 400
+/// for the read operations, so this must not refuse.
+pub(crate) fn parse_bool(v: &str) -> bool {
+    v.eq_ignore_ascii_case("true")
+}
+
+fn flag(query: &str, name: &str) -> bool {
+    url_pairs(query).into_iter().find(|(k, _)| k == name).is_some_and(|(_, v)| parse_bool(&v))
 }
 
 fn url_pairs(query: &str) -> Vec<(String, String)> {
@@ -101,10 +100,7 @@ pub async fn atlas_media(mut request: Request, next: Next) -> Response {
         Err(e) => return e.into_response(),
     };
     let query = request.uri().query().unwrap_or("").to_owned();
-    let (envelope, pretty) = match (flag(&query, "envelope"), flag(&query, "pretty")) {
-        (Ok(e), Ok(p)) => (e, p),
-        (Err(e), _) | (_, Err(e)) => return e.into_response(),
-    };
+    let (envelope, pretty) = (flag(&query, "envelope"), flag(&query, "pretty"));
     if let Some(ct) = request.headers().get(header::CONTENT_TYPE) {
         let ok = ct.to_str().map(body_type_ok).unwrap_or(false);
         if !ok {
@@ -150,7 +146,9 @@ async fn finish(response: Response, version: ApiVersion, envelope: bool, pretty:
     let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
-    if envelope {
+    // Errors keep Atlas's error body, which already carries the status in `error`: the spec's
+    // ApiError schema describes every error response, enveloped or not.
+    if envelope && status.is_success() {
         value = match value {
             Value::Object(mut map) if map.contains_key("results") => {
                 map.insert("status".into(), status.as_u16().into());
@@ -204,10 +202,13 @@ mod tests {
     }
 
     #[test]
-    fn flags_must_be_booleans() {
-        assert!(flag("envelope=true", "envelope").unwrap());
-        assert!(!flag("pretty=false&envelope=true", "pretty").unwrap());
-        assert!(!flag("", "pretty").unwrap());
-        assert_eq!(flag("pretty=yes", "pretty").unwrap_err().error_code, "INVALID_ATTRIBUTE");
+    fn flags_parse_like_boolean_value_of() {
+        assert!(flag("envelope=true", "envelope"));
+        assert!(flag("envelope=TRUE", "envelope"));
+        assert!(!flag("pretty=false&envelope=true", "pretty"));
+        assert!(!flag("", "pretty"));
+        for other in ["pretty=yes", "pretty=null", "pretty=", "pretty=1"] {
+            assert!(!flag(other, "pretty"), "{other}");
+        }
     }
 }

@@ -103,7 +103,10 @@ impl Platform {
         }
         let transport = Transport::new(&transport_config).context("building the Azure HTTP client")?;
         let cache = Arc::new(TokenCache::new());
-        let retry = RetryPolicy::default();
+        let retry = RetryPolicy {
+            total: std::time::Duration::from_secs(config.azure.retry_budget_secs),
+            ..RetryPolicy::default()
+        };
         let p = &config.platform;
         let app_id = p
             .app_id

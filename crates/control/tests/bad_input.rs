@@ -118,6 +118,23 @@ async fn media_types_and_versions_are_enforced() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["status"], 200);
     assert_eq!(v["content"]["azureKeyVault"]["enabled"], false);
+    // Errors keep Atlas's error body under envelope=true (it names the status in `error`), and
+    // a flag that is not `true` is false, as JAX-RS parses it: never a 400.
+    let missing = format!("{}/api/atlas/v2/groups/{}/encryptionAtRest", env.url(), "0".repeat(24));
+    let r = env
+        .http
+        .get(format!("{missing}?envelope=true&pretty=null"))
+        .bearer_auth(&env.token)
+        .header("Accept", ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains('\n'), "pretty=null is false: {text}");
+    let e: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((e["error"].as_u64(), e["errorCode"].as_str()), (Some(404), Some("GROUP_NOT_FOUND")), "{e}");
+    assert!(e.get("content").is_none(), "{e}");
     // A body that is not JSON by its media type: 415.
     let r = env
         .http

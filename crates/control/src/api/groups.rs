@@ -55,15 +55,10 @@ impl PageQuery {
         })
     }
 
+    /// `includeCount`, default true; parsed like the other Atlas booleans
+    /// ([`crate::media::parse_bool`]).
     pub fn include_count(&self) -> ApiResult<bool> {
-        match self.include_count.as_deref() {
-            None | Some("true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(other) => Err(ApiError::invalid_attribute(
-                "includeCount",
-                format!("'{other}' is not a boolean; use true or false"),
-            )),
-        }
+        Ok(self.include_count.as_deref().is_none_or(crate::media::parse_bool))
     }
 }
 

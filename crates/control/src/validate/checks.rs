@@ -472,7 +472,7 @@ fn steps_with_permissions(
         Err(_) => {
             steps.push(Step::skipped(
                 CheckName::Permissions,
-                "the vault could not be read through ARM (see the vault check), so the grants could not be read",
+                "not run: the vault could not be read through ARM, so neither its authorization model nor the grants are known (see the vault check)",
             ));
             return steps;
         }

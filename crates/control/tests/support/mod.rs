@@ -25,6 +25,8 @@ pub struct Options {
     pub poll_interval_ms: u64,
     /// `None`: a fresh SQLite store in the temp dir.
     pub store_url: Option<String>,
+    /// `azure.retry_budget_secs`.
+    pub retry_budget_secs: u64,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             require_key_binding: false,
             poll_interval_ms: 100,
             store_url: None,
+            retry_budget_secs: 30,
         }
     }
 }
@@ -140,6 +143,7 @@ impl Env {
         config.validation.on_read_min_interval_secs = opts.on_read_min_interval_secs;
         config.validation.require_key_binding = opts.require_key_binding;
         config.validation.poll_interval_ms = opts.poll_interval_ms;
+        config.azure.retry_budget_secs = opts.retry_budget_secs;
         let control = ControlPlane::start(config.clone()).await.unwrap();
         let state = control.state().clone();
         let org = Organization {
@@ -248,6 +252,21 @@ impl Env {
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
+    }
+
+    /// The dry run: `POST .../azureKeyVault:validate` with `block`.
+    pub async fn dry_run(&self, group: &str, block: Value) -> (StatusCode, Value) {
+        self.atlas(
+            Method::POST,
+            &format!("/api/atrest/v1/groups/{group}/encryptionAtRest/azureKeyVault:validate"),
+            Some(block),
+        )
+        .await
+    }
+
+    /// An emulator admin call as its bootstrap principal (`path` under `/_emulator/`).
+    pub async fn emulator_admin(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        self.az.admin(&self.emu.info().bootstrap, method, path, body).await.unwrap()
     }
 
     pub async fn event_types(&self, group: &str) -> Vec<String> {
