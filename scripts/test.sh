@@ -65,6 +65,19 @@ UP_PID=$!
 PIDS+=($UP_PID)
 wait_for_file "$WORK/served/up.json" 180
 ATREST_UP_JSON="$WORK/served/up.json" "$VENV/bin/python" -m pytest -q -s tests/control_conformance
+
+step "atrest doctor: the stored configuration (left valid by the seeds' flow above), then a missing key"
+GROUP=$(jq -r .demo.group_id "$WORK/served/up.json")
+"$ATREST" doctor --up "$WORK/served/up.json" --group "$GROUP" | tee "$WORK/doctor.out"
+grep -q "result: VALID" "$WORK/doctor.out"
+VAULT=$(jq -r .demo.key_vault_name "$WORK/served/up.json")
+if "$ATREST" doctor --up "$WORK/served/up.json" --group "$GROUP" \
+    --key-identifier "https://$VAULT.vault.azure.net/keys/no-such-key" >"$WORK/doctor-bad.out"; then
+  echo "doctor should exit 1 when a check fails" >&2; cat "$WORK/doctor-bad.out"; exit 1
+fi
+cat "$WORK/doctor-bad.out"
+grep -q "\[FAIL\] key .*KeyNotFound" "$WORK/doctor-bad.out"
+grep -q "result: INVALID" "$WORK/doctor-bad.out"
 kill "$UP_PID" && wait "$UP_PID" 2>/dev/null || true
 
 step "atrest up (the README's run command) on a fresh data dir"

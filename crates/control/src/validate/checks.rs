@@ -65,10 +65,10 @@ impl Step {
     /// A failure Azure answered (or a failure to reach it).
     fn azure(name: CheckName, what: &str, e: &AzureError) -> Step {
         let (prose, command) = split_remediation(e.remediation());
-        let mut message = format!("{what}: {} {}", e.service(), e.kind());
-        if let Some(s) = e.status() {
-            message.push_str(&format!(" (HTTP {s})"));
-        }
+        let mut message = match e.status() {
+            Some(s) => format!("{what}: {} answered HTTP {s} ({})", e.service(), e.kind()),
+            None => format!("{what}: {} {}", e.service(), e.kind()),
+        };
         let azure_message = one_line(e.message());
         if !azure_message.is_empty() {
             message.push_str(&format!(": {azure_message}"));
@@ -100,14 +100,18 @@ fn one_line(s: &str) -> String {
 }
 
 /// The azure crate's remediations read "what to do: `the command` (a note)". The report wants
-/// the command on its own (`fix`) and the words in the message.
+/// the command on its own (`fix`) and the words in the message, pointing at it.
 fn split_remediation(r: Option<&str>) -> (Option<String>, Option<String>) {
     let Some(r) = r else { return (None, None) };
     let mut parts = r.splitn(3, '`');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(before), Some(command), Some(after)) => {
-            let words = format!("To fix it, {}{}", before.trim_end_matches([':', ' ']), after.trim_end());
-            (Some(words), Some(command.to_owned()))
+            let before = before.trim_end();
+            let lead = match before.strip_suffix(':') {
+                Some(b) => format!("{b} with"),
+                None => before.to_owned(),
+            };
+            (Some(format!("To fix it, {lead} the command below{}", after.trim_end())), Some(command.to_owned()))
         }
         _ => (Some(format!("To fix it, {r}")), None),
     }
@@ -639,7 +643,9 @@ mod tests {
             "grant the data role: `az role assignment create --role \"Key Vault Crypto User\"` (can take minutes)",
         ));
         assert_eq!(cmd.as_deref(), Some("az role assignment create --role \"Key Vault Crypto User\""));
-        assert_eq!(words.as_deref(), Some("To fix it, grant the data role (can take minutes)"));
+        assert_eq!(words.as_deref(), Some("To fix it, grant the data role with the command below (can take minutes)"));
+        let (words, _) = split_remediation(Some("if it was deleted, recover it with `az keyvault key recover`"));
+        assert_eq!(words.as_deref(), Some("To fix it, if it was deleted, recover it with the command below"));
         let (words, cmd) = split_remediation(Some("configure tenant X"));
         assert_eq!((words.as_deref(), cmd), (Some("To fix it, configure tenant X"), None));
         assert_eq!(split_remediation(None), (None, None));
