@@ -80,6 +80,14 @@ grep -q "\[FAIL\] key .*KeyNotFound" "$WORK/doctor-bad.out"
 grep -q "result: INVALID" "$WORK/doctor-bad.out"
 kill "$UP_PID" && wait "$UP_PID" 2>/dev/null || true
 
+step "benchmark commands still run (debug build, small sizes; BENCHMARKS.md figures come from release builds)"
+# The token counts are exact whatever the machine, so they are checked; timings are not.
+"$ATREST" bench control-tokens --projects 10 --tenants 2 | tee "$WORK/bench-tokens.out"
+grep -q "token requests for the PATCHes and revalidations: MET" "$WORK/bench-tokens.out"
+"$ATREST" bench token-cache --callers 100 --tenants 5 | tee "$WORK/bench-cache.out"
+grep -q "per (tenant, scope): MET" "$WORK/bench-cache.out"
+"$ATREST" bench patch-round-trips --runs 3
+
 step "atrest up (the README's run command) on a fresh data dir"
 "$ATREST" up --data-dir "$WORK/up" --no-wait >"$WORK/up.out"
 grep -q "atrest is up" "$WORK/up.out"
