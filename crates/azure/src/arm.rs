@@ -370,10 +370,35 @@ impl ArmClient {
         }
     }
 
+    /// GET `url` with retries. On a 401 (ARM refused the token itself: expired by Azure's
+    /// clock, or revoked) the cached token is dropped and the request sent once more with a
+    /// fresh one, so clock skew never reads as a denial.
     async fn get(&self, url: &str, token: &AccessToken) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        let scope = format!("{}/.default", self.environment.arm_resource());
+        let mut result = self.attempt(url, token).await;
+        if matches!(&result, Err(e) if e.status() == Some(401)) {
+            self.tokens.invalidate_refused(self.environment, &self.tenant, &scope, token);
+            if let Ok(fresh) = self.token().await
+                && fresh.expose_secret() != token.expose_secret()
+            {
+                result = self.attempt(url, &fresh).await;
+                if matches!(&result, Err(e) if e.status() == Some(401)) {
+                    self.tokens.invalidate_refused(self.environment, &self.tenant, &scope, &fresh);
+                }
+            }
+        }
+        match result {
+            Ok(body) => Ok(body),
+            Err(e) => {
+                tracing::info!(url, error = %e, "ARM request failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn attempt(&self, url: &str, token: &AccessToken) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
         let transport = self.tokens.transport();
-        let resp = self
-            .retry
+        self.retry
             .run(|time_left| {
                 let request = transport.http().get(url);
                 async move {
@@ -381,14 +406,8 @@ impl ArmClient {
                     if resp.is_success() { Ok(resp) } else { Err(classify(&resp)) }
                 }
             })
-            .await;
-        match resp {
-            Ok(r) => Ok(r.body),
-            Err(e) => {
-                tracing::info!(url, error = %e, "ARM request failed");
-                Err(e)
-            }
-        }
+            .await
+            .map(|r| r.body)
     }
 }
 

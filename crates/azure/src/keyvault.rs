@@ -556,6 +556,10 @@ impl KeyVaultClient {
 
     /// One request to `url` (GET without a body, POST with one) with retries; returns the
     /// success body or the classified error about `id`.
+    ///
+    /// A 401 means Key Vault refused the token itself: expired by Azure's clock although ours
+    /// still counts it valid (clock skew), or revoked. The cached token is then dropped and the
+    /// request is sent once more with a fresh one, so a skewed clock never reads as a denial.
     async fn send(
         &self,
         id: &KeyIdentifier,
@@ -565,9 +569,40 @@ impl KeyVaultClient {
         request_body: Option<&[u8]>,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let environment = id.environment();
+        let scope = format!("{}/.default", environment.vault_resource());
+        let mut result = self.attempt(id, op, token, url, request_body).await;
+        if matches!(&result, Err(e) if e.status() == Some(401)) {
+            self.tokens.invalidate_refused(environment, &self.tenant, &scope, token);
+            if let Ok(fresh) = self.tokens.key_vault_token(environment, &self.tenant).await
+                && fresh.expose_secret() != token.expose_secret()
+            {
+                result = self.attempt(id, op, &fresh, url, request_body).await;
+                if matches!(&result, Err(e) if e.status() == Some(401)) {
+                    // Refused again (wrong tenant or audience): do not hand it out again.
+                    self.tokens.invalidate_refused(environment, &self.tenant, &scope, &fresh);
+                }
+            }
+        }
+        match result {
+            Ok(body) => Ok(body),
+            Err(e) => {
+                tracing::info!(key = %id, op = op.permission(), error = %e, "Key Vault request failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::send`] with one token, retrying what the retry policy retries.
+    async fn attempt(
+        &self,
+        id: &KeyIdentifier,
+        op: Operation,
+        token: &AccessToken,
+        url: &str,
+        request_body: Option<&[u8]>,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let transport = self.tokens.transport();
-        let resp = self
-            .retry
+        self.retry
             .run(|time_left| {
                 let request = match request_body {
                     None => transport.http().get(url),
@@ -582,23 +617,8 @@ impl KeyVaultClient {
                     if resp.is_success() { Ok(resp) } else { Err(classify(id, op, &self.tenant, &resp)) }
                 }
             })
-            .await;
-        match resp {
-            Ok(r) => Ok(r.body),
-            Err(e) => {
-                if e.status() == Some(401) {
-                    // Key Vault refused the token itself (expired, wrong tenant or audience):
-                    // do not hand the same one out again.
-                    self.tokens.invalidate(
-                        environment,
-                        &self.tenant,
-                        &format!("{}/.default", environment.vault_resource()),
-                    );
-                }
-                tracing::info!(key = %id, op = op.permission(), error = %e, "Key Vault request failed");
-                Err(e)
-            }
-        }
+            .await
+            .map(|r| r.body)
     }
 }
 

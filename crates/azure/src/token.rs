@@ -115,6 +115,18 @@ impl TokenProvider {
             .await
     }
 
+    /// Forget the cached token for `scope` in `tenant` if it is still `refused` (see
+    /// [`TokenCache::invalidate_if`]).
+    pub fn invalidate_refused(
+        &self,
+        environment: AzureEnvironment,
+        tenant: &AzureUuid,
+        scope: &str,
+        refused: &AccessToken,
+    ) {
+        self.inner.cache.invalidate_if(&self.cache_key(environment, tenant, scope), refused);
+    }
+
     /// Forget the cached token for `scope` in `tenant`.
     pub fn invalidate(&self, environment: AzureEnvironment, tenant: &AzureUuid, scope: &str) {
         self.inner.cache.invalidate(&self.cache_key(environment, tenant, scope));

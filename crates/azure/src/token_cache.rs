@@ -171,6 +171,17 @@ impl TokenCache {
         }
     }
 
+    /// Forget the token for `key` only if it is still `refused`: when several callers are refused
+    /// the same token at once, the first one's replacement is not thrown away by the others.
+    pub fn invalidate_if(&self, key: &CacheKey, refused: &AccessToken) {
+        if let Some(slot) = self.slots.lock().get(key) {
+            let mut st = slot.state.lock();
+            if st.token.as_ref().is_some_and(|t| Arc::ptr_eq(&t.secret, &refused.secret)) {
+                st.token = None;
+            }
+        }
+    }
+
     /// The token for `key`: from the cache when fresh, else from `fetch` — started at most once
     /// however many callers ask at the same time.
     pub async fn get_or_fetch<F>(&self, key: &CacheKey, fetch: F) -> Result<AccessToken, Error>
@@ -272,6 +283,27 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_is_dropped_once_not_its_replacement() {
+        let cache = TokenCache::new();
+        let calls = Arc::new(AtomicU32::new(0));
+        let k = key(1);
+        let refused = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        // Two callers were refused the same token: the first drops it and fetches anew ...
+        cache.invalidate_if(&k, &refused);
+        let fresh = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        assert_eq!(fresh.expose_secret(), "tok-2");
+        // ... the second must not throw the replacement away.
+        cache.invalidate_if(&k, &refused);
+        let again = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        assert_eq!(again.expose_secret(), "tok-2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The replacement itself refused: dropped.
+        cache.invalidate_if(&k, &fresh);
+        let third = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        assert_eq!(third.expose_secret(), "tok-3");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_callers_share_one_fetch_per_key() {

@@ -372,3 +372,27 @@ async fn operations_endpoints_and_metrics() {
         assert!(metrics.contains(needle), "no {needle} in:\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_that_azure_calls_expired_is_replaced_not_reported_as_a_denial() {
+    let env = Env::start().await;
+    // Five-minute tokens: the cache uses one for its first 200 s (refresh at a third left).
+    env.emulator_admin(Method::PUT, "settings", Some(json!({"token_lifetime_secs": 300}))).await;
+    let group = env.project("skew").await;
+    let t = env.tenant(VaultAuth::Rbac).await;
+    let role = env.register(&group, &t).await;
+    t.grant_rbac().await;
+    let (s, v) = env.patch_ear(&group, t.ear_block(&role)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let requests_before = env.control.state().platform.cache.stats().token_requests;
+
+    // Azure's clock runs 310 s ahead of ours: the cached tokens have expired for Azure while the
+    // cache still counts them fresh (the platform's 10-minute certificate assertion is still
+    // valid). ARM and Key Vault answer 401; the client drops the cached tokens, gets fresh ones,
+    // and the validation passes instead of reading as a denial.
+    env.emulator_admin(Method::POST, "clock/shift", Some(json!({"seconds": 310}))).await;
+    let (_, r) = env.dry_run(&group, t.ear_block(&role)).await;
+    assert_eq!(r["outcome"], "VALID", "{r}");
+    let requests_after = env.control.state().platform.cache.stats().token_requests;
+    assert_eq!(requests_after - requests_before, 2, "one fresh token per audience (ARM, Key Vault)");
+}
