@@ -5,6 +5,8 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
+mod support;
+
 use atrest_control::{Config, ControlPlane};
 
 fn config(dir: &std::path::Path, store_url: Option<String>) -> Config {
@@ -19,18 +21,10 @@ fn config(dir: &std::path::Path, store_url: Option<String>) -> Config {
 
 async fn whoami(url: &str, client_id: &str, secret: &str) -> Value {
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{url}/api/oauth/token"))
-        .basic_auth(client_id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let token: Value = r.json().await.unwrap();
+    let token = support::oauth_token(&http, url, client_id, secret).await;
     let r = http
         .get(format!("{url}/api/atrest/v1/whoami"))
-        .bearer_auth(token["access_token"].as_str().unwrap())
+        .bearer_auth(token)
         .header("Accept", "application/vnd.atlas.2023-01-01+json")
         .send()
         .await

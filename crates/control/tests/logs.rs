@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use atrest_emulator::scenario::{self, VaultAuth};
+use atrest_emulator::scenario::VaultAuth;
 use support::{Env, Options};
 
 #[derive(Clone, Default)]
@@ -53,23 +53,12 @@ async fn logs_never_contain_secrets_tokens_or_key_material() {
     let t = env.tenant(VaultAuth::Rbac).await;
 
     // Static credentials with a secret.
-    let app = env
-        .az
-        .register_app(
-            &env.emu.info().bootstrap,
-            json!({"home_tenant_id": t.customer.tenant_id(), "display_name": "legacy", "generate_secret": true, "create_service_principal": true}),
-        )
-        .await
-        .unwrap();
-    let static_secret = app["client_secret"].as_str().unwrap().to_string();
-    let legacy_sp = app["service_principal_id"].as_str().unwrap();
-    t.customer.assign_role(legacy_sp, scenario::roles::READER, &t.vault_id).await.unwrap();
-    t.customer.assign_role(legacy_sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &t.vault_id).await.unwrap();
+    let (app_id, static_secret, _) = env.static_app(&t).await;
     let (s, v) = env
         .patch_ear(
             &group,
             json!({
-                "enabled": true, "clientID": app["app_id"], "tenantID": t.customer.tenant_id(), "secret": static_secret,
+                "enabled": true, "clientID": app_id, "tenantID": t.customer.tenant_id(), "secret": static_secret,
                 "subscriptionID": t.customer.subscription_id(), "resourceGroupName": t.rg, "keyVaultName": t.vault,
                 "keyIdentifier": t.kid, "azureEnvironment": "AZURE",
             }),

@@ -91,23 +91,6 @@ async fn access_policy_path_and_unversioned_key_records_the_version_used() {
     assert_eq!(env.status(&group).await["keyVersionInUse"], t.kid.as_str());
 }
 
-/// A customer app with a generated secret in the customer tenant, granted on the vault: the
-/// legacy static credentials.
-async fn static_app(env: &Env, t: &support::Tenant) -> (String, String) {
-    let app = env
-        .az
-        .register_app(
-            &env.emu.info().bootstrap,
-            json!({"home_tenant_id": t.customer.tenant_id(), "display_name": "legacy", "generate_secret": true, "create_service_principal": true}),
-        )
-        .await
-        .unwrap();
-    let sp = app["service_principal_id"].as_str().unwrap().to_string();
-    t.customer.assign_role(&sp, scenario::roles::READER, &t.vault_id).await.unwrap();
-    t.customer.assign_role(&sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &t.vault_id).await.unwrap();
-    (app["app_id"].as_str().unwrap().to_string(), app["client_secret"].as_str().unwrap().to_string())
-}
-
 fn static_block(t: &support::Tenant, client_id: &str, secret: &str) -> Value {
     json!({
         "enabled": true,
@@ -127,7 +110,7 @@ async fn migration_from_static_credentials_succeeds_and_deletes_them() {
     let env = Env::start().await;
     let group = env.project("migrate-ok").await;
     let t = env.tenant(VaultAuth::Rbac).await;
-    let (client_id, secret) = static_app(&env, &t).await;
+    let (client_id, secret, _) = env.static_app(&t).await;
     let (s, v) = env.patch_ear(&group, static_block(&t, &client_id, &secret)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["azureKeyVault"]["clientID"], client_id.as_str());
@@ -159,7 +142,7 @@ async fn migration_failure_keeps_static_credentials_in_force() {
     let env = Env::start().await;
     let group = env.project("migrate-fail").await;
     let t = env.tenant(VaultAuth::Rbac).await;
-    let (client_id, secret) = static_app(&env, &t).await;
+    let (client_id, secret, _) = env.static_app(&t).await;
     let (s, _) = env.patch_ear(&group, static_block(&t, &client_id, &secret)).await;
     assert_eq!(s, StatusCode::OK);
     let before = env.get_ear(&group).await;

@@ -137,18 +137,8 @@ fn azure_outcome(state: &AppState, operation: &str, r: &Result<impl Sized, Azure
 fn principal_of(target: &Target, arm_token: Option<&str>) -> Option<AzureUuid> {
     match &target.credential {
         Credential::Secretless { service_principal_id } => Some(*service_principal_id),
-        Credential::Static { .. } => arm_token.and_then(token_oid),
+        Credential::Static { .. } => arm_token.and_then(super::token_oid).and_then(|o| o.parse().ok()),
     }
-}
-
-/// The `oid` claim of a JWT access token, read without verifying it: it is the token Entra just
-/// issued to us over TLS, used only to name the principal in a diagnosis.
-fn token_oid(jwt: &str) -> Option<AzureUuid> {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("oid")?.as_str()?.parse().ok()
 }
 
 pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Report {
@@ -649,16 +639,5 @@ mod tests {
         let (words, cmd) = split_remediation(Some("configure tenant X"));
         assert_eq!((words.as_deref(), cmd), (Some("To fix it, configure tenant X"), None));
         assert_eq!(split_remediation(None), (None, None));
-    }
-
-    #[test]
-    fn oid_is_read_from_the_token_payload() {
-        use base64::Engine;
-        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
-        let oid = "4f1c1a3e-8a52-4a3b-9f2e-1d2c3b4a5f60";
-        let jwt = format!("{}.{}.sig", enc(r#"{"alg":"RS256"}"#), enc(&format!(r#"{{"oid":"{oid}"}}"#)));
-        assert_eq!(token_oid(&jwt).map(|o| o.to_string()), Some(oid.to_string()));
-        assert_eq!(token_oid("not-a-jwt"), None);
-        assert_eq!(token_oid(&format!("a.{}.c", enc(r#"{"oid":"nope"}"#))), None);
     }
 }

@@ -141,6 +141,17 @@ pub async fn run(state: &AppState, target: &Target, depth: Depth, trigger: &str)
     report
 }
 
+/// The `oid` claim of a JWT access token (the principal it was issued to). The token came
+/// straight from Entra ID over TLS, so its payload is read without verifying the signature: it
+/// only names or compares the principal, it never grants access.
+pub fn token_oid(jwt: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("oid")?.as_str().map(str::to_owned)
+}
+
 impl Report {
     /// The first failed check, if any.
     pub fn first_failure(&self) -> Option<&CheckResult> {
@@ -166,5 +177,23 @@ impl Report {
                 s
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    #[test]
+    fn oid_is_read_from_the_token_payload() {
+        let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let payload = enc(br#"{"oid":"48f1d2a6-d0e9-482a-83a4-b8dd7dddc5c1","tid":"x"}"#);
+        assert_eq!(
+            super::token_oid(&format!("h.{payload}.s")).as_deref(),
+            Some("48f1d2a6-d0e9-482a-83a4-b8dd7dddc5c1")
+        );
+        assert_eq!(super::token_oid("not-a-jwt"), None);
+        assert_eq!(super::token_oid("a.!!!.c"), None);
+        assert_eq!(super::token_oid(&format!("a.{}.c", enc(br#"{"tid":"x"}"#))), None);
     }
 }

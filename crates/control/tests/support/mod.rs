@@ -218,6 +218,24 @@ impl Env {
         Tenant { customer, sp, rg, vault, vault_id, kid }
     }
 
+    /// A customer app with a generated secret in `t`'s tenant, granted Reader and Key Vault
+    /// Crypto User on the vault: the legacy static credentials. Returns (app id, secret,
+    /// service principal id).
+    pub async fn static_app(&self, t: &Tenant) -> (String, String, String) {
+        let app = self
+            .az
+            .register_app(
+                &self.emu.info().bootstrap,
+                json!({"home_tenant_id": t.customer.tenant_id(), "display_name": "legacy", "generate_secret": true, "create_service_principal": true}),
+            )
+            .await
+            .unwrap();
+        let sp = app["service_principal_id"].as_str().unwrap().to_string();
+        t.customer.assign_role(&sp, scenario::roles::READER, &t.vault_id).await.unwrap();
+        t.customer.assign_role(&sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &t.vault_id).await.unwrap();
+        (app["app_id"].as_str().unwrap().to_string(), app["client_secret"].as_str().unwrap().to_string(), sp)
+    }
+
     /// Registers `t`'s service principal with project `group`; returns the role `_id`.
     pub async fn register(&self, group: &str, t: &Tenant) -> String {
         let (s, v) = self
