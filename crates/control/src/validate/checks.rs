@@ -357,7 +357,6 @@ fn key_step(target: &Target, key: &Result<KeyProperties, AzureError>, now_unix: 
         } else {
             format!("{set_attributes} --expires <YYYY-MM-DDThh:mm:ssZ>")
         };
-        let code = if !k.enabled { "KeyDisabled" } else { "KeyNotUsable" };
         let mut s = Step::failed(
             CheckName::Key,
             ErrorKind::Disabled,
@@ -365,7 +364,9 @@ fn key_step(target: &Target, key: &Result<KeyProperties, AzureError>, now_unix: 
             Some(fix),
         );
         if !k.enabled {
-            s.result.azure_error_code = Some(code.into());
+            // The GET itself succeeds on a disabled key; name the code Key Vault answers the
+            // unwrap with, so that the report reads like the failure a data node would see.
+            s.result.azure_error_code = Some("KeyDisabled".into());
         }
         return s;
     }
