@@ -270,3 +270,46 @@ pub async fn admin(config: Option<PathBuf>, cmd: Admin) -> anyhow::Result<()> {
     state.store.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checklist_marks_each_check_and_puts_the_fix_under_it() {
+        let report = json!({
+            "outcome": "INVALID",
+            "checks": [
+                {"name": "token", "status": "PASSED", "message": "obtained tokens"},
+                {"name": "vault", "status": "WARNING", "message": "purge protection off",
+                 "fix": "az keyvault update --name v --resource-group rg --enable-purge-protection true"},
+                {"name": "key", "status": "FAILED", "message": "reading key failed", "azureErrorCode": "ForbiddenByRbac",
+                 "fix": "az role assignment create --role \"Key Vault Crypto User\""},
+                {"name": "wrap_unwrap", "status": "SKIPPED", "message": "not run"},
+            ],
+        });
+        let text = render_checklist(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("[ok]   token"), "{text}");
+        assert!(lines[1].starts_with("[warn] vault") && lines[2].contains("fix: az keyvault update"), "{text}");
+        assert!(lines[3].starts_with("[FAIL] key") && lines[3].ends_with("(ForbiddenByRbac)"), "{text}");
+        assert!(lines[4].contains("fix: az role assignment create"), "{text}");
+        assert!(lines[5].starts_with("[skip] wrap_unwrap"), "{text}");
+        assert_eq!(lines.last(), Some(&"result: INVALID"));
+
+        let valid = json!({"outcome": "VALID", "checks": [], "keyVersionInUse": "https://v.vault.azure.net/keys/k/1"});
+        assert!(render_checklist(&valid).ends_with("result: VALID (key version https://v.vault.azure.net/keys/k/1)\n"));
+    }
+
+    #[test]
+    fn roles_parse_with_the_fix_in_the_error() {
+        let g = "5f1a2b3c4d5e6f708192a3b4";
+        let roles = parse_roles(&["ORG_READ_ONLY".into(), format!("GROUP_OWNER:{g}")]).unwrap();
+        assert!(roles.org.contains(&OrgRole::OrgReadOnly));
+        assert!(roles.groups[&GroupId::parse(g).unwrap()].contains(&GroupRole::GroupOwner));
+        let e = parse_roles(&["OWNER".into()]).unwrap_err().to_string();
+        assert!(e.contains("use ORG_OWNER"), "{e}");
+        let e = parse_roles(&["GROUP_OWNER:xyz".into()]).unwrap_err().to_string();
+        assert!(e.contains("group id 'xyz'"), "{e}");
+    }
+}
