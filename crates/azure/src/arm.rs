@@ -378,13 +378,11 @@ impl ArmClient {
         let mut result = self.attempt(url, token).await;
         if matches!(&result, Err(e) if e.status() == Some(401)) {
             self.tokens.invalidate_refused(self.environment, &self.tenant, &scope, token);
-            if let Ok(fresh) = self.token().await
-                && fresh.expose_secret() != token.expose_secret()
-            {
-                result = self.attempt(url, &fresh).await;
-                if matches!(&result, Err(e) if e.status() == Some(401)) {
-                    self.tokens.invalidate_refused(self.environment, &self.tenant, &scope, &fresh);
-                }
+            match self.token().await {
+                // Once only, as for Key Vault.
+                Ok(fresh) if fresh.expose_secret() != token.expose_secret() => result = self.attempt(url, &fresh).await,
+                Ok(_) => {}
+                Err(token_error) => result = Err(token_error),
             }
         }
         match result {

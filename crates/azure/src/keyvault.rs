@@ -573,14 +573,16 @@ impl KeyVaultClient {
         let mut result = self.attempt(id, op, token, url, request_body).await;
         if matches!(&result, Err(e) if e.status() == Some(401)) {
             self.tokens.invalidate_refused(environment, &self.tenant, &scope, token);
-            if let Ok(fresh) = self.tokens.key_vault_token(environment, &self.tenant).await
-                && fresh.expose_secret() != token.expose_secret()
-            {
-                result = self.attempt(id, op, &fresh, url, request_body).await;
-                if matches!(&result, Err(e) if e.status() == Some(401)) {
-                    // Refused again (wrong tenant or audience): do not hand it out again.
-                    self.tokens.invalidate_refused(environment, &self.tenant, &scope, &fresh);
+            match self.tokens.key_vault_token(environment, &self.tenant).await {
+                Ok(fresh) if fresh.expose_secret() != token.expose_secret() => {
+                    // Once only: a fresh token refused again (wrong tenant or audience) stays
+                    // cached, so a vault that always answers 401 cannot make us refetch forever.
+                    result = self.attempt(id, op, &fresh, url, request_body).await;
                 }
+                Ok(_) => {}
+                // Entra cannot be reached or refuses now: that, not the 401, is the failure,
+                // so an outage is not read as a denial.
+                Err(token_error) => result = Err(token_error),
             }
         }
         match result {

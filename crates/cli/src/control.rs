@@ -17,22 +17,33 @@ pub async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let control = ControlPlane::start(config).await?;
     println!("atrest control plane listening on {}", control.url());
     if let Some(b) = control.bootstrap() {
-        let j = b.to_json();
         println!(
             "First start: created organization {} with an Organization Owner API key and service account.",
             b.org_id
         );
-        println!(
-            "  API key (HTTP Digest):   public {}  private {}",
-            j["api_key"]["public_key"].as_str().unwrap_or(""),
-            j["api_key"]["private_key"].as_str().unwrap_or("")
-        );
-        println!(
-            "  service account (OAuth): client_id {}  client_secret {}",
-            j["service_account"]["client_id"].as_str().unwrap_or(""),
-            j["service_account"]["client_secret"].as_str().unwrap_or("")
-        );
-        println!("  These are shown once; they are also in {} (mode 0600).", b.file.display());
+        // Shown on a terminal only: under a service manager stdout becomes logs that are kept
+        // and shipped, and the secrets must not end up there.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            let j = b.to_json();
+            println!(
+                "  API key (HTTP Digest):   public {}  private {}",
+                j["api_key"]["public_key"].as_str().unwrap_or(""),
+                j["api_key"]["private_key"].as_str().unwrap_or("")
+            );
+            println!(
+                "  service account (OAuth): client_id {}  client_secret {}",
+                j["service_account"]["client_id"].as_str().unwrap_or(""),
+                j["service_account"]["client_secret"].as_str().unwrap_or("")
+            );
+            println!("  These are shown once; they are also in {} (mode 0600).", b.file.display());
+        } else {
+            println!(
+                "  API key public key {}, service account {}; the secrets are in {} (mode 0600).",
+                b.api_public_key,
+                b.client_id,
+                b.file.display()
+            );
+        }
     }
     println!("Press Ctrl-C to stop.");
     crate::wait_for_shutdown().await;
@@ -96,6 +107,12 @@ pub async fn doctor(a: DoctorArgs) -> anyhow::Result<bool> {
             .with_context(|| format!("{} is not a JSON object", p.display()))?,
         None => serde_json::Map::new(),
     };
+    // A PATCH-shaped file ({"azureKeyVault": {...}}) holds the block one level down.
+    if let Some(Value::Object(inner)) = body.get("azureKeyVault").cloned()
+        && body.len() == 1
+    {
+        body = inner;
+    }
     for (name, v) in [
         ("roleId", &a.role_id),
         ("subscriptionID", &a.subscription_id),

@@ -160,6 +160,12 @@ pub async fn merge(
         for (field, v) in [("azureKeyVault.clientID", &client_id), ("azureKeyVault.tenantID", &tenant_id)] {
             v.parse::<AzureUuid>().map_err(|_| ApiError::invalid_attribute(field, format!("'{v}' is not a UUID")))?;
         }
+        if state.platform.app_id.is_some_and(|p| client_id.parse::<AzureUuid>().is_ok_and(|c| c == p)) {
+            return Err(ApiError::invalid_attribute(
+                "azureKeyVault.clientID",
+                "clientID is the platform's own application; static credentials name the customer's application. To use the platform's application, register its service principal (POST /cloudProviderAccess) and give roleId instead",
+            ));
+        }
         let same_app = existing_static
             .as_ref()
             .is_some_and(|s| s.0.eq_ignore_ascii_case(&client_id) && s.1.eq_ignore_ascii_case(&tenant_id));

@@ -144,12 +144,15 @@ impl Platform {
     }
 
     /// A client for a legacy static credential (the customer's own app and secret). It shares the
-    /// transport and the token cache with everything else.
+    /// transport but has a token cache of its own: the shared cache is keyed by (authority,
+    /// tenant, client, scope), not by the secret, so a shared one would let a PATCH carrying any
+    /// secret for a (tenant, client) that another project validated ride on that project's
+    /// cached token, and a mistyped secret would pass. A fresh cache sends this secret to Entra.
     pub fn static_client(&self, client_id: AzureUuid, secret: SecretString) -> AzureClient {
         AzureClient::with_parts(
             self.transport.clone(),
             ClientCredential::client_secret(client_id, secret),
-            self.cache.clone(),
+            Arc::new(TokenCache::new()),
             self.retry.clone(),
         )
     }

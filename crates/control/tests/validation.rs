@@ -396,3 +396,78 @@ async fn a_cached_token_that_azure_calls_expired_is_replaced_not_reported_as_a_d
     let requests_after = env.control.state().platform.cache.stats().token_requests;
     assert_eq!(requests_after - requests_before, 2, "one fresh token per audience (ARM, Key Vault)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_secret_is_checked_by_entra_every_time_not_taken_from_another_projects_cache() {
+    let env = Env::start().await;
+    let victim = env.project("victim").await;
+    let attacker = env.project("attacker").await;
+    let t = env.tenant(VaultAuth::Rbac).await;
+    let (client_id, secret, _) = env.static_app(&t).await;
+    let mut block = json!({
+        "enabled": true, "clientID": client_id, "tenantID": t.customer.tenant_id(), "secret": secret,
+        "subscriptionID": t.customer.subscription_id(), "resourceGroupName": t.rg, "keyVaultName": t.vault,
+        "keyIdentifier": t.kid, "azureEnvironment": "AZURE",
+    });
+    let (s, v) = env.patch_ear(&victim, block.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Another project names the same app and tenant with a wrong secret: Entra refuses it
+    // (AADSTS7000215), whatever tokens the first project's validation obtained.
+    block["secret"] = json!("not-the-secret");
+    let (s, e) = env.patch_ear(&attacker, block.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("7000215"), "{e}");
+    assert_eq!(env.get_ear(&attacker).await["azureKeyVault"], json!({"enabled": false}));
+
+    // Static credentials cannot name the platform's own application.
+    block["clientID"] = json!(env.platform.app_id);
+    let (s, e) = env.patch_ear(&attacker, block).await;
+    assert_eq!((s, e["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_ATTRIBUTE")), "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("roleId"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unversioned_key_with_a_staged_future_version_uses_the_current_usable_one() {
+    let env = Env::start().await;
+    let group = env.project("staged").await;
+    let t = env.tenant(VaultAuth::Rbac).await;
+    let role = env.register(&group, &t).await;
+    t.grant_rbac().await;
+    // The next version is staged: created now, not valid before tomorrow. Key Vault refuses to
+    // wrap with it, so the probe must be wrapped with the version resolve picked.
+    let staged = t.customer.create_key(&t.vault, "cmk", None).await.unwrap();
+    let tomorrow = time::OffsetDateTime::now_utc().unix_timestamp() + 86400;
+    t.customer
+        .update_key(&t.vault, "cmk", staged.rsplit('/').next().unwrap(), json!({"attributes": {"nbf": tomorrow}}))
+        .await
+        .unwrap();
+    let mut block = t.ear_block(&role);
+    block["keyIdentifier"] = json!(t.unversioned_kid());
+    let (s, v) = env.patch_ear(&group, block).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(env.status(&group).await["keyVersionInUse"], t.kid.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_on_the_key_itself_is_valid_and_the_diagnosis_only_warns() {
+    let env = Env::start().await;
+    let group = env.project("key-scope").await;
+    let t = env.tenant(VaultAuth::Rbac).await;
+    let role = env.register(&group, &t).await;
+    // Least privilege, as Microsoft recommends: Reader on the vault, the data role on the key.
+    t.customer.assign_role(&t.sp, scenario::roles::READER, &t.vault_id).await.unwrap();
+    t.customer
+        .assign_role(
+            &t.sp,
+            scenario::roles::KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+            &format!("{}/keys/cmk", t.vault_id),
+        )
+        .await
+        .unwrap();
+    let (_, r) = env.dry_run(&group, t.ear_block(&role)).await;
+    assert_eq!(r["outcome"], "VALID", "{r}");
+    let perms = check(&r, "permissions");
+    assert_eq!(perms["status"], "WARNING", "{r}");
+    assert!(perms["message"].as_str().unwrap().contains("nevertheless wrapped and unwrapped"), "{perms}");
+}
