@@ -117,17 +117,15 @@ async fn create_if_empty(state: &AppState) -> anyhow::Result<Option<BootstrapInf
     let body = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&info.to_json())?);
     // Written beside and renamed into place, so a crash never leaves a half-written file.
     let tmp = info.file.with_extension("json.tmp");
-    crate::files::write_private(&tmp, &body)
-        .and_then(|()| std::fs::rename(&tmp, &info.file))
-        .with_context(|| {
-            format!(
-                "organization {org} was created, but its credentials could not be written to {}; they are lost. \
+    crate::files::write_private(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &info.file)).with_context(|| {
+        format!(
+            "organization {org} was created, but its credentials could not be written to {}; they are lost. \
                  Create new ones with `atrest admin create-api-key --org {org} --role ORG_OWNER` and \
                  `atrest admin create-service-account --org {org} --name owner --role ORG_OWNER`",
-                info.file.display(),
-                org = org.id
-            )
-        })?;
+            info.file.display(),
+            org = org.id
+        )
+    })?;
     tracing::info!(org = %org.id, file = %info.file.display(), "bootstrap: created the first organization, an owner API key and a service account");
     Ok(Some(info))
 }

@@ -420,11 +420,12 @@ fn binding_step(state: &AppState, target: &Target, key: Option<&KeyProperties>) 
         Some(v) if v.split([',', ' ']).any(|p| p == group) => {
             Step::passed(CheckName::KeyBinding, format!("key {} carries the tag {tag}={group}", k.id))
         }
-        Some(v) => Step::failed(
+        Some(_) => Step::failed(
             CheckName::KeyBinding,
             ErrorKind::Denied,
+            // The other project's id is not shown: it belongs to whoever tagged the key.
             format!(
-                "key {} is bound to another project ({tag}={v}); this deployment requires the key to name this project, so that no other project can use it",
+                "key {} is bound to another project (its {tag} tag names a different project); this deployment requires the key to name this project, so that no other project can use it",
                 k.id
             ),
             Some(fix),
