@@ -370,28 +370,20 @@ impl ArmClient {
         }
     }
 
-    /// GET `url` with retries. On a 401 (ARM refused the token itself: expired by Azure's
-    /// clock, or revoked) the cached token is dropped and the request sent once more with a
-    /// fresh one, so clock skew never reads as a denial.
+    /// GET `url` with retries; a 401 is retried once with a fresh token
+    /// ([`TokenProvider::with_refresh_on_401`]).
     async fn get(&self, url: &str, token: &AccessToken) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
         let scope = format!("{}/.default", self.environment.arm_resource());
-        let mut result = self.attempt(url, token).await;
-        if matches!(&result, Err(e) if e.status() == Some(401)) {
-            self.tokens.invalidate_refused(self.environment, &self.tenant, &scope, token);
-            match self.token().await {
-                // Once only, as for Key Vault.
-                Ok(fresh) if fresh.expose_secret() != token.expose_secret() => result = self.attempt(url, &fresh).await,
-                Ok(_) => {}
-                Err(token_error) => result = Err(token_error),
-            }
+        let result = self
+            .tokens
+            .with_refresh_on_401(self.environment, &self.tenant, &scope, token, |t| async move {
+                self.attempt(url, &t).await
+            })
+            .await;
+        if let Err(e) = &result {
+            tracing::info!(url, error = %e, "ARM request failed");
         }
-        match result {
-            Ok(body) => Ok(body),
-            Err(e) => {
-                tracing::info!(url, error = %e, "ARM request failed");
-                Err(e)
-            }
-        }
+        result
     }
 
     async fn attempt(&self, url: &str, token: &AccessToken) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {

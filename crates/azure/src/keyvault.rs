@@ -555,11 +555,8 @@ impl KeyVaultClient {
     }
 
     /// One request to `url` (GET without a body, POST with one) with retries; returns the
-    /// success body or the classified error about `id`.
-    ///
-    /// A 401 means Key Vault refused the token itself: expired by Azure's clock although ours
-    /// still counts it valid (clock skew), or revoked. The cached token is then dropped and the
-    /// request is sent once more with a fresh one, so a skewed clock never reads as a denial.
+    /// success body or the classified error about `id`. A 401 is retried once with a fresh token
+    /// ([`TokenProvider::with_refresh_on_401`]).
     async fn send(
         &self,
         id: &KeyIdentifier,
@@ -570,28 +567,16 @@ impl KeyVaultClient {
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let environment = id.environment();
         let scope = format!("{}/.default", environment.vault_resource());
-        let mut result = self.attempt(id, op, token, url, request_body).await;
-        if matches!(&result, Err(e) if e.status() == Some(401)) {
-            self.tokens.invalidate_refused(environment, &self.tenant, &scope, token);
-            match self.tokens.key_vault_token(environment, &self.tenant).await {
-                Ok(fresh) if fresh.expose_secret() != token.expose_secret() => {
-                    // Once only: a fresh token refused again (wrong tenant or audience) stays
-                    // cached, so a vault that always answers 401 cannot make us refetch forever.
-                    result = self.attempt(id, op, &fresh, url, request_body).await;
-                }
-                Ok(_) => {}
-                // Entra cannot be reached or refuses now: that, not the 401, is the failure,
-                // so an outage is not read as a denial.
-                Err(token_error) => result = Err(token_error),
-            }
+        let result = self
+            .tokens
+            .with_refresh_on_401(environment, &self.tenant, &scope, token, |t| async move {
+                self.attempt(id, op, &t, url, request_body).await
+            })
+            .await;
+        if let Err(e) = &result {
+            tracing::info!(key = %id, op = op.permission(), error = %e, "Key Vault request failed");
         }
-        match result {
-            Ok(body) => Ok(body),
-            Err(e) => {
-                tracing::info!(key = %id, op = op.permission(), error = %e, "Key Vault request failed");
-                Err(e)
-            }
-        }
+        result
     }
 
     /// [`Self::send`] with one token, retrying what the retry policy retries.

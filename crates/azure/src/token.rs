@@ -115,16 +115,35 @@ impl TokenProvider {
             .await
     }
 
-    /// Forget the cached token for `scope` in `tenant` if it is still `refused` (see
-    /// [`TokenCache::invalidate_if`]).
-    pub fn invalidate_refused(
+    /// Runs `call` with `token`; if the service answers 401 (it refused the token itself:
+    /// expired by Azure's clock although ours still counts it valid, or revoked), drops that token
+    /// from the cache (only if it is still the cached one, see [`TokenCache::invalidate_if`]) and
+    /// runs `call` once more with a fresh token for `scope`, so a skewed clock never reads as a
+    /// denial. Once only: a fresh token refused again (wrong tenant or audience) stays cached, so
+    /// a service that always answers 401 cannot make us refetch forever. If Entra fails on the
+    /// refetch, that error is returned: an outage is not a denial.
+    pub(crate) async fn with_refresh_on_401<T, F, Fut>(
         &self,
         environment: AzureEnvironment,
         tenant: &AzureUuid,
         scope: &str,
-        refused: &AccessToken,
-    ) {
-        self.inner.cache.invalidate_if(&self.cache_key(environment, tenant, scope), refused);
+        token: &AccessToken,
+        call: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(AccessToken) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let result = call(token.clone()).await;
+        if !matches!(&result, Err(e) if e.status() == Some(401)) {
+            return result;
+        }
+        self.inner.cache.invalidate_if(&self.cache_key(environment, tenant, scope), token);
+        match self.token(environment, tenant, scope).await {
+            Ok(fresh) if fresh.expose_secret() != token.expose_secret() => call(fresh).await,
+            Ok(_) => result,
+            Err(token_error) => Err(token_error),
+        }
     }
 
     /// Forget the cached token for `scope` in `tenant`.
