@@ -145,11 +145,6 @@ impl TokenProvider {
             Err(token_error) => Err(token_error),
         }
     }
-
-    /// Forget the cached token for `scope` in `tenant`.
-    pub fn invalidate(&self, environment: AzureEnvironment, tenant: &AzureUuid, scope: &str) {
-        self.inner.cache.invalidate(&self.cache_key(environment, tenant, scope));
-    }
 }
 
 impl Inner {

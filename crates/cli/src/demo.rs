@@ -44,13 +44,11 @@ struct Credentials {
     sa_secret: String,
 }
 
-fn read_bootstrap(path: &Path) -> anyhow::Result<Credentials> {
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(path)
-            .with_context(|| format!("reading {} (delete the data directory to start over)", path.display()))?,
-    )?;
+/// The credentials in bootstrap.json's shape (`BootstrapInfo::to_json`); `source` names where
+/// they came from in errors.
+fn credentials(v: &serde_json::Value, source: &Path) -> anyhow::Result<Credentials> {
     let s = |p: &str| {
-        v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned).with_context(|| format!("{p} in {}", path.display()))
+        v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned).with_context(|| format!("{p} in {}", source.display()))
     };
     Ok(Credentials {
         org_id: s("/org_id")?,
@@ -59,6 +57,14 @@ fn read_bootstrap(path: &Path) -> anyhow::Result<Credentials> {
         sa_client_id: s("/service_account/client_id")?,
         sa_secret: s("/service_account/client_secret")?,
     })
+}
+
+fn read_bootstrap(path: &Path) -> anyhow::Result<Credentials> {
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(path)
+            .with_context(|| format!("reading {} (delete the data directory to start over)", path.display()))?,
+    )?;
+    credentials(&v, path)
 }
 
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
@@ -99,7 +105,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let creds = match control.bootstrap() {
         Some(b) => {
             eprintln!("      first start: created an organization, an owner API key and a service account");
-            read_bootstrap(&b.file)?
+            credentials(&b.to_json(), &b.file)?
         }
         None => read_bootstrap(&control_dir.join("bootstrap.json"))?,
     };

@@ -5,6 +5,8 @@
 //! The background job is parked (a one-hour poll interval) so that each test moves endpoints
 //! forward itself with `private_endpoints::advance`, exactly when it wants to.
 
+mod support;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -68,17 +70,13 @@ impl Env {
             atrest_control::auth::provision::create_service_account(self.control.state(), &self.org, name, roles)
                 .await
                 .unwrap();
-        let r = self
-            .http
-            .post(format!("{}/api/oauth/token", self.control.url()))
-            .basic_auth(sa.client_id.as_str(), Some(secrecy::ExposeSecret::expose_secret(&secret)))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let v: Value = r.json().await.unwrap();
-        v["access_token"].as_str().unwrap().to_string()
+        support::oauth_token(
+            &self.http,
+            self.control.url(),
+            sa.client_id.as_str(),
+            secrecy::ExposeSecret::expose_secret(&secret),
+        )
+        .await
     }
 
     /// A new project of the organization.

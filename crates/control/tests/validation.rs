@@ -364,8 +364,8 @@ async fn operations_endpoints_and_metrics() {
     let metrics = env.http.get(format!("{}/metrics", env.url())).send().await.unwrap().text().await.unwrap();
     for needle in [
         "atrest_validations_total{trigger=\"patch\",result=\"valid\"} 1",
-        "atrest_azure_calls_total{operation=\"kv_unwrap\",outcome=\"ok\"}",
-        "atrest_azure_calls_total{operation=\"arm_get_vault\",outcome=\"ok\"}",
+        "atrest_azure_calls_total{operation=\"keyvault.unwrap\",outcome=\"ok\"}",
+        "atrest_azure_calls_total{operation=\"arm.get_vault\",outcome=\"ok\"}",
         "atrest_http_requests_total{",
         "atrest_token_cache_",
     ] {

@@ -117,19 +117,10 @@ fn split_remediation(r: Option<&str>) -> (Option<String>, Option<String>) {
     }
 }
 
+/// Counts one Azure call in `atrest_azure_calls_total`, with the labels `api/cpa.rs` uses
+/// (`entra.token`, ...; outcome `ok` or the error class).
 fn azure_outcome(state: &AppState, operation: &str, r: &Result<impl Sized, AzureError>) {
-    let outcome = match r {
-        Ok(_) => "ok",
-        Err(e) => match e.kind() {
-            ErrorKind::Denied => "denied",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::Disabled => "disabled",
-            ErrorKind::Unreachable => "unreachable",
-            ErrorKind::Throttled => "throttled",
-            ErrorKind::Misconfigured => "misconfigured",
-        },
-    };
-    state.metrics.azure_call(operation, outcome);
+    state.metrics.azure_call(operation, r.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok"));
 }
 
 /// The principal whose grants matter: the platform's service principal in the customer tenant,
@@ -169,8 +160,8 @@ pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Repo
         tokens.key_vault_token(target.environment, &target.tenant_id),
         tokens.arm_token(target.environment, &target.tenant_id)
     );
-    azure_outcome(state, "token", &kv_token);
-    azure_outcome(state, "token", &arm_token);
+    azure_outcome(state, "entra.token", &kv_token);
+    azure_outcome(state, "entra.token", &arm_token);
     let arm_token = match (kv_token, arm_token) {
         (Ok(_), Ok(t)) => t,
         (Err(e), _) | (_, Err(e)) => {
@@ -208,11 +199,11 @@ pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Repo
             }
         }
     );
-    azure_outcome(state, "arm_get_vault", &vault);
-    azure_outcome(state, "kv_get_key", &key);
-    azure_outcome(state, "kv_wrap", &wrapped);
+    azure_outcome(state, "arm.get_vault", &vault);
+    azure_outcome(state, "keyvault.get_key", &key);
+    azure_outcome(state, "keyvault.wrap", &wrapped);
     if let Some(a) = &assignments {
-        azure_outcome(state, "arm_role_assignments", a);
+        azure_outcome(state, "arm.role_assignments", a);
     }
 
     steps.push(vault_step(target, &vault_id, &vault));
@@ -234,7 +225,7 @@ pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Repo
     let wrapped = match rewrap_with {
         Some(id) => {
             let again = kv.wrap_key(&id, PROBE_ALGORITHM, probe.as_ref()).await;
-            azure_outcome(state, "kv_wrap", &again);
+            azure_outcome(state, "keyvault.wrap", &again);
             again
         }
         None => wrapped,
@@ -247,7 +238,7 @@ pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Repo
         Ok(_) if !key_usable => Step::skipped(CheckName::WrapUnwrap, "not run: the key check failed"),
         Ok(ciphertext) => {
             let unwrapped = kv.unwrap_key(&ciphertext.key_id, ciphertext.algorithm, &ciphertext.value).await;
-            azure_outcome(state, "kv_unwrap", &unwrapped);
+            azure_outcome(state, "keyvault.unwrap", &unwrapped);
             match unwrapped {
                 Err(e) => Step::azure(CheckName::WrapUnwrap, "the server-side unwrap failed", &e),
                 Ok(plain) if plain.value.expose_secret() == probe.as_slice() => {
@@ -598,13 +589,13 @@ fn steps_with_permissions(
 /// The report: checks in order, the outcome from the failures' classes.
 fn finish(mut steps: Vec<Step>) -> Report {
     // Checks that never ran because an earlier one stopped the run.
-    let ran: BTreeSet<&'static str> = steps.iter().map(|s| name_of(s.result.name)).collect();
+    let ran: BTreeSet<CheckName> = steps.iter().map(|s| s.result.name).collect();
     for name in [CheckName::Token, CheckName::Vault, CheckName::Key, CheckName::WrapUnwrap] {
-        if !ran.contains(name_of(name)) {
+        if !ran.contains(&name) {
             steps.push(Step::skipped(name, "not run: an earlier check failed"));
         }
     }
-    steps.sort_by_key(|s| order(s.result.name));
+    steps.sort_by_key(|s| s.result.name);
     let failures: Vec<ErrorKind> = steps.iter().filter_map(|s| s.failure).collect();
     let outcome = if failures.is_empty() {
         Outcome::Valid
@@ -614,30 +605,6 @@ fn finish(mut steps: Vec<Step>) -> Report {
         Outcome::Invalid
     };
     Report { outcome, checks: steps.into_iter().map(|s| s.result).collect(), key_version_in_use: None }
-}
-
-fn order(name: CheckName) -> u8 {
-    match name {
-        CheckName::Shape => 0,
-        CheckName::Token => 1,
-        CheckName::Vault => 2,
-        CheckName::Key => 3,
-        CheckName::WrapUnwrap => 4,
-        CheckName::KeyBinding => 5,
-        CheckName::Permissions => 6,
-    }
-}
-
-fn name_of(name: CheckName) -> &'static str {
-    match name {
-        CheckName::Shape => "shape",
-        CheckName::Token => "token",
-        CheckName::Vault => "vault",
-        CheckName::Key => "key",
-        CheckName::WrapUnwrap => "wrap_unwrap",
-        CheckName::KeyBinding => "key_binding",
-        CheckName::Permissions => "permissions",
-    }
 }
 
 #[cfg(test)]

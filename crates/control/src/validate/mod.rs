@@ -29,8 +29,8 @@ use serde::Serialize;
 
 use crate::state::AppState;
 
-/// The names of the checks, in report order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The names of the checks, declared in report order (which `Ord` follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckName {
     Shape,
