@@ -57,8 +57,19 @@ async fn two_replicas_share_writes_and_split_revalidation() {
         assert_eq!(v["azureKeyVault"]["valid"], true, "{v}");
     }
     // A write through B is read through A.
-    let (s, _) = env.atlas(Method::GET, &format!("/api/atlas/v2/groups/{}/encryptionAtRest", groups[0]), None).await;
+    let r = env
+        .http
+        .patch(format!("{}/api/atlas/v2/groups/{}/encryptionAtRest", b.url(), groups[0]))
+        .bearer_auth(&env.token)
+        .header("Accept", ACCEPT)
+        .json(&serde_json::json!({"azureKeyVault": {"keyIdentifier": t.unversioned_kid()}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, v) = env.atlas(Method::GET, &format!("/api/atlas/v2/groups/{}/encryptionAtRest", groups[0]), None).await;
     assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["azureKeyVault"]["keyIdentifier"], t.unversioned_kid().as_str(), "{v}");
 
     // Let background revalidation run for a few intervals on both replicas.
     let a_before = background_validations(&env.control.state().metrics.render());
