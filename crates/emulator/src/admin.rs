@@ -23,15 +23,15 @@ use uuid::Uuid;
 
 use atrest_domain::{AzureEnvironment, HostKind, VaultName};
 
-use crate::entra::{arm_resources, body_bytes, is_loopback_host, path_segments, request_info};
 use crate::errors::{self, Surface};
 use crate::graph::{FicError, new_federated_credential};
+use crate::http::{body_bytes, is_loopback_host, path_segments, request_info};
 use crate::server::RequestInfo;
 use crate::state::{
     Application, CertificateCredential, Fault, FaultKind, FederatedCredential, PrivateEndpoint, SecretCredential,
     ServicePrincipal, State as Model,
 };
-use crate::tokens::{self, TokenProblem};
+use crate::tokens::{self, TokenProblem, arm_resources};
 use crate::{Ctx, ThrottleState};
 
 /// Generated client secrets are valid this long (Entra's longest recommended lifetime).

@@ -8,11 +8,9 @@
 //! credential, then the account state. Nothing here logs a request body: it carries secrets.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,8 +25,10 @@ use atrest_domain::{AzureEnvironment, HostKind};
 
 use crate::Ctx;
 use crate::errors;
-use crate::server::{ListenerKind, RequestInfo, Route};
+use crate::http::{body_bytes, is_loopback_host, path_segments, query_pairs, request_info};
+use crate::server::RequestInfo;
 use crate::state::{Application, ServicePrincipal, State as Model};
+use crate::tokens::{GRAPH_APP_ID, arm_resources};
 
 /// Clock skew Entra tolerates on assertion `exp`/`nbf`.
 const CLOCK_SKEW_SECS: i64 = 300;
@@ -40,8 +40,6 @@ const ISSUER_REFETCH_MIN: Duration = Duration::from_secs(5);
 /// Largest OIDC metadata or JWKS document accepted from an external issuer.
 const ISSUER_DOC_MAX_BYTES: usize = 1024 * 1024;
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// Microsoft Graph's application id, accepted as a scope resource in place of its URL.
-pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 
 /// Base64url that accepts padded and unpadded input (JWT producers differ).
 const B64URL_ANY: GeneralPurpose = GeneralPurpose::new(
@@ -53,62 +51,6 @@ pub fn router() -> Router<Ctx> {
     // One dispatcher instead of axum routes: paths carry tenant names and every miss must
     // still answer in AADSTS form, which is simplest when the matching is written out here.
     Router::new().fallback(dispatch)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers shared with graph.rs and admin.rs
-// ---------------------------------------------------------------------------------------------
-
-/// The [`RequestInfo`] the server attached. It is always present behind the real listener; the
-/// fallback only keeps a handler called some other way from failing.
-pub(crate) fn request_info(req: &Request) -> RequestInfo {
-    req.extensions().get::<RequestInfo>().cloned().unwrap_or_else(|| RequestInfo {
-        cloud: AzureEnvironment::Azure,
-        host: "localhost".into(),
-        route: Route::Login,
-        listener: ListenerKind::Public,
-        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        origin: "https://localhost".into(),
-    })
-}
-
-/// The path split into percent-decoded segments (empty segments dropped). `None` when a segment
-/// is not valid percent-encoded UTF-8.
-pub(crate) fn path_segments(path: &str) -> Option<Vec<String>> {
-    path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Query parameters, decoded. `None` when the query string is not valid form encoding.
-pub(crate) fn query_pairs(req: &Request) -> Option<Vec<(String, String)>> {
-    serde_urlencoded::from_str(req.uri().query().unwrap_or("")).ok()
-}
-
-/// Is `host` (lowercase, no port) a loopback name or address?
-pub(crate) fn is_loopback_host(host: &str) -> bool {
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The buffered request body (the server has already enforced the size limit).
-pub(crate) async fn body_bytes(body: Body) -> bytes::Bytes {
-    axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default()
 }
 
 fn json_ok(status: StatusCode, body: Value) -> Response {
@@ -435,19 +377,6 @@ fn malformed(detail: &str) -> Response {
 
 fn invalid_scope(code: u32, message: &str) -> Response {
     errors::aad(StatusCode::BAD_REQUEST, "invalid_scope", code, message)
-}
-
-/// The ARM resource ids of a cloud: its ARM URL and the classic `management.core` one.
-pub(crate) fn arm_resources(cloud: AzureEnvironment) -> [&'static str; 2] {
-    match cloud {
-        AzureEnvironment::Azure => ["https://management.azure.com", "https://management.core.windows.net"],
-        AzureEnvironment::AzureChina => {
-            ["https://management.chinacloudapi.cn", "https://management.core.chinacloudapi.cn"]
-        }
-        AzureEnvironment::AzureUsGovernment => {
-            ["https://management.usgovcloudapi.net", "https://management.core.usgovcloudapi.net"]
-        }
-    }
 }
 
 /// The token audience for `resource` (a scope without `/.default`, or a v1 `resource`), or
@@ -1200,12 +1129,5 @@ mod tests {
         );
         assert!(audience_from_scope(c, "https://vault.azure.cn/.default").is_err());
         assert!(audience_from_scope(AzureEnvironment::AzureChina, "https://vault.azure.cn/.default").is_ok());
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(path_segments("/a%20b//c%27").unwrap(), vec!["a b", "c'"]);
-        assert!(path_segments("/%zz").is_none());
-        assert!(path_segments("/%ff").is_none());
     }
 }

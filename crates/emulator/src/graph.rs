@@ -16,11 +16,11 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::Ctx;
-use crate::entra::{GRAPH_APP_ID, body_bytes, is_loopback_host, path_segments, query_pairs, request_info};
 use crate::errors::{self, Surface};
+use crate::http::{body_bytes, is_loopback_host, path_segments, query_pairs, request_info};
 use crate::server::RequestInfo;
 use crate::state::{Application, FederatedCredential, ServicePrincipal, State as Model};
-use crate::tokens::{self, TokenProblem};
+use crate::tokens::{self, GRAPH_APP_ID, TokenProblem};
 
 /// Entra's limit on federated identity credentials per application.
 pub const MAX_FEDERATED_CREDENTIALS: usize = 20;

@@ -6,7 +6,8 @@
 //! with Azure's own error bodies. See `docs/emulator.md` for the contract and the admin API.
 //!
 //! Layout: [`server`] accepts connections and routes by host; [`entra`], [`graph`], [`arm`] and
-//! [`keyvault`] each own one surface; [`authz`] decides; [`state`] holds the model and
+//! [`keyvault`] each own one surface, parsing requests with the shared helpers of `http`;
+//! [`authz`] decides; [`state`] holds the model and
 //! [`Ctx::mutate`] persists it; [`admin`] is the `/_emulator/` API for what Azure has no API for.
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod authz;
 pub mod entra;
 pub mod errors;
 pub mod graph;
+mod http;
 pub mod keyvault;
 mod persist;
 pub mod scenario;

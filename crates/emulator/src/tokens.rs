@@ -18,6 +18,24 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use atrest_domain::AzureEnvironment;
+
+/// Microsoft Graph's application id, accepted as a scope resource in place of its URL.
+pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+
+/// The ARM resource ids of a cloud: its ARM URL and the classic `management.core` one.
+pub(crate) fn arm_resources(cloud: AzureEnvironment) -> [&'static str; 2] {
+    match cloud {
+        AzureEnvironment::Azure => ["https://management.azure.com", "https://management.core.windows.net"],
+        AzureEnvironment::AzureChina => {
+            ["https://management.chinacloudapi.cn", "https://management.core.chinacloudapi.cn"]
+        }
+        AzureEnvironment::AzureUsGovernment => {
+            ["https://management.usgovcloudapi.net", "https://management.core.usgovcloudapi.net"]
+        }
+    }
+}
+
 /// The claims of an access token issued by the emulator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
