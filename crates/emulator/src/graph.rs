@@ -547,6 +547,15 @@ async fn handle(ctx: &Ctx, req: Request) -> Result<Response> {
             "Resource not found for the segment ''.",
         )));
     };
+    // Every token the emulator issues is app-only (client credentials), and Graph refuses
+    // `/me` (and everything under it) for those, after authentication.
+    if first.eq_ignore_ascii_case("me") || split_key(first).is_some_and(|(c, _)| c.eq_ignore_ascii_case("me")) {
+        return Err(reject(errors::graph(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "/me request is only valid with delegated authentication flow.",
+        )));
+    }
     let (collection, key) = split_key(first).ok_or_else(|| {
         bad_request(&format!(
             "Bad request: the segment '{first}' is not a valid key expression; use servicePrincipals(appId='...')."

@@ -166,6 +166,13 @@ fn shift_clock(t: &TestEmu, secs: i64) {
         .unwrap();
 }
 
+/// `GET /subscriptions/{s}/resources?$filter=...` as the Key Vault SDK in az sends it.
+async fn list_resources(t: &TestEmu, token: &str, filter: String) -> Reply {
+    let filter: String = url::form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+    let path = format!("/subscriptions/{}/resources?$filter={filter}&api-version=2015-11-01", sub(t));
+    arm(t, Method::GET, &path, token, None).await
+}
+
 fn ids(list: &Value) -> Vec<String> {
     list["value"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_ascii_lowercase()).collect()
 }
@@ -254,6 +261,28 @@ async fn discovery_subscriptions_tenants_and_resource_groups() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(ids(&r.body), vec![vid.to_ascii_lowercase()]);
     assert_eq!(r.body["value"][0]["type"], "Microsoft.KeyVault/vaults");
+    // Current az narrows the list by name (`and name eq 'KV'`), with the name as the user typed
+    // it: names compare without regard to case, and each item carries the vault's full id.
+    let other = unique("kv");
+    create_vault(&t, &tok, "Demo-RG", &other, true).await;
+    let r =
+        list_resources(&t, &tok, format!("NAME eq '{vault}' AND resourcetype EQ 'microsoft.keyvault/VAULTS'")).await;
+    assert_eq!(ids(&r.body), vec![vid.to_ascii_lowercase()], "{}", r.body);
+    let r = list_resources(
+        &t,
+        &tok,
+        format!("resourceType eq 'Microsoft.KeyVault/vaults' and resourceGroup eq 'demo-rg' and name eq '{other}'"),
+    )
+    .await;
+    assert_eq!(r.body["value"][0]["name"], other.as_str(), "{}", r.body);
+    assert_eq!(r.body["value"].as_array().map(Vec::len), Some(1));
+    let r =
+        list_resources(&t, &tok, "resourceType eq 'Microsoft.KeyVault/vaults' and name eq 'nosuchvault'".into()).await;
+    assert_eq!((r.status, r.body.clone()), (StatusCode::OK, json!({"value": []})));
+    let r =
+        list_resources(&t, &tok, format!("resourceType eq 'Microsoft.Compute/virtualMachines' and name eq '{vault}'"))
+            .await;
+    assert_eq!(r.body, json!({"value": []}));
 
     // Deleting the group deletes its vaults and the role assignments in it.
     let sp = add_sp(&t, &tenant(&t));
@@ -1097,7 +1126,9 @@ async fn bad_input_gets_arm_errors_and_changes_nothing() {
         (raw(Method::POST, q(&vid, KV_API), b"{}").await, StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         (raw(Method::GET, format!("/subscriptions/{}/resourcegroups?api-version=2022-09-01", Uuid::new_v4()), b"").await, StatusCode::NOT_FOUND, "SubscriptionNotFound"),
         // Filters.
-        (raw(Method::GET, format!("/subscriptions/{s}/resources?$filter=name%20eq%20%27x%27&api-version=2021-04-01"), b"").await, StatusCode::BAD_REQUEST, "InvalidFilterInQueryString"),
+        (raw(Method::GET, format!("/subscriptions/{s}/resources?$filter=tagName%20eq%20%27x%27&api-version=2021-04-01"), b"").await, StatusCode::BAD_REQUEST, "InvalidFilterInQueryString"),
+        (raw(Method::GET, format!("/subscriptions/{s}/resources?$filter=name%20eq%20%27x%27%20and%20name%20eq%20%27y%27&api-version=2021-04-01"), b"").await, StatusCode::BAD_REQUEST, "InvalidFilterInQueryString"),
+        (raw(Method::GET, format!("/subscriptions/{s}/resources?$filter=name%20ne%20%27x%27&api-version=2021-04-01"), b"").await, StatusCode::BAD_REQUEST, "InvalidFilterInQueryString"),
         (raw(Method::GET, format!("{vid}/providers/Microsoft.Authorization/roleAssignments?$filter=foo&{AUTHZ_API}"), b"").await, StatusCode::BAD_REQUEST, "UnsupportedQuery"),
     ];
     for name in ["1bad", "ab", "a--b", "bad-", "has_underscore", "abcdefghijklmnopqrstuvwxy"] {

@@ -615,3 +615,20 @@ async fn applications_and_federated_identity_credentials() {
     .await;
     assert_graph_error(&r, 404, "Request_ResourceNotFound");
 }
+
+#[tokio::test]
+async fn me_with_an_app_only_token_is_refused_as_graph_does() {
+    let t = TestEmu::start().await;
+    let admin = admin_token(&t, &t.bootstrap().clone()).await;
+    for path in ["/v1.0/me", "/v1.0/ME", "/beta/me", "/v1.0/me/memberOf", "/v1.0/me?$select=id"] {
+        let r = graph(&t, Method::GET, path, Some(&admin), None).await;
+        assert_graph_error(&r, 400, "BadRequest");
+        assert_eq!(
+            r.body["error"]["message"], "/me request is only valid with delegated authentication flow.",
+            "{path}"
+        );
+    }
+    // Authentication still comes first.
+    let r = graph(&t, Method::GET, "/v1.0/me", None, None).await;
+    assert_graph_error(&r, 401, "InvalidAuthenticationToken");
+}

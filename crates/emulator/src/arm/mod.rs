@@ -18,6 +18,7 @@
 //!   inherit old grants), and the vault record with its keys (no soft-deleted vaults);
 //! - `networkAcls` is accepted and echoed in the write response, not stored or enforced.
 
+mod filter;
 mod path;
 mod rbac;
 mod resources;

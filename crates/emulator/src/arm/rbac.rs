@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::filter::{and_terms, eq_term};
 use super::path::Scope;
 use super::resources::rg_not_found;
 use super::vaults::{find_vault, vault_not_found};
@@ -67,32 +68,6 @@ fn unsupported_filter(filter: &str, supported: &str) -> ArmError {
         "UnsupportedQuery",
         format!("The filter '{filter}' is not supported. Supported filters are {supported}."),
     )
-}
-
-/// The value of `{name} eq '{value}'` (name matched case-insensitively), if `term` is that.
-fn eq_term<'t>(term: &'t str, name: &str) -> Option<&'t str> {
-    let (lhs, rhs) = term.split_once(' ')?;
-    if !lhs.eq_ignore_ascii_case(name) {
-        return None;
-    }
-    let (op, value) = rhs.trim_start().split_once(' ')?;
-    if !op.eq_ignore_ascii_case("eq") {
-        return None;
-    }
-    value.trim().strip_prefix('\'')?.strip_suffix('\'').filter(|v| !v.contains('\''))
-}
-
-/// Split a `$filter` on ` and ` (any case).
-fn and_terms(filter: &str) -> Vec<&str> {
-    let lower = filter.to_ascii_lowercase();
-    let mut terms = Vec::new();
-    let mut start = 0;
-    while let Some(pos) = lower[start..].find(" and ") {
-        terms.push(filter[start..start + pos].trim());
-        start += pos + 5;
-    }
-    terms.push(filter[start..].trim());
-    terms
 }
 
 fn subscription_for_definitions(scope: &Scope) -> Option<String> {
@@ -505,14 +480,5 @@ mod tests {
         assert_eq!(role_of(g).err().map(|e| e.status()), Some(StatusCode::BAD_REQUEST));
         let unknown = format!("/providers/Microsoft.Authorization/roleDefinitions/{}", Uuid::nil());
         assert!(role_of(&unknown).is_err());
-    }
-
-    #[test]
-    fn eq_terms() {
-        assert_eq!(eq_term("roleName eq 'Key Vault Crypto User'", "rolename"), Some("Key Vault Crypto User"));
-        assert_eq!(eq_term("roleName  eq 'x'", "roleName"), Some("x"));
-        assert_eq!(eq_term("roleName ne 'x'", "roleName"), None);
-        assert_eq!(eq_term("roleName eq 'x' or '1'", "roleName"), None);
-        assert_eq!(and_terms("a and b AND c"), vec!["a", "b", "c"]);
     }
 }

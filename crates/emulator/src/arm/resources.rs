@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use atrest_domain::AzureEnvironment;
 
+use super::filter::{and_terms, eq_term};
 use super::path::{resource_group_id, vault_id};
 use super::{ArmError, ArmResult, Call, empty, json};
 use crate::authz;
@@ -334,25 +335,57 @@ pub(super) fn list_resource_groups(call: &Call, sub: Uuid) -> ArmResult<Response
     })
 }
 
-/// The resource types `$filter=resourceType eq '...'` can name: only vaults exist here.
-fn resource_type_filter(filter: Option<&str>) -> ArmResult<Option<String>> {
-    let Some(f) = filter else { return Ok(None) };
-    let lower = f.to_ascii_lowercase();
-    let ty =
-        lower.strip_prefix("resourcetype eq '").and_then(|rest| rest.strip_suffix('\'')).filter(|t| !t.contains('\''));
-    match ty {
-        Some(t) => Ok(Some(t.to_string())),
-        None => Err(ArmError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidFilterInQueryString",
-            format!("The $filter '{f}' is not supported. The atrest emulator supports \"resourceType eq '<type>'\"."),
-        )),
+/// What a generic resource list's `$filter` asks for: `eq` terms on `resourceType`, `name`,
+/// `resourceGroup` joined by `and`, each compared without regard to case (ARM
+/// names are case-insensitive). `az keyvault show --name KV` without `--resource-group` sends
+/// `resourceType eq 'Microsoft.KeyVault/vaults' and name eq 'KV'` to find the vault's group.
+#[derive(Debug, Default, PartialEq)]
+struct ResourceFilter {
+    resource_type: Option<String>,
+    name: Option<String>,
+    resource_group: Option<String>,
+}
+
+impl ResourceFilter {
+    fn parse(filter: Option<&str>) -> ArmResult<Self> {
+        let mut out = Self::default();
+        let Some(f) = filter else { return Ok(out) };
+        let unsupported = || {
+            ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidFilterInQueryString",
+                format!(
+                    "The $filter '{f}' is not supported. The atrest emulator supports \"resourceType eq '<type>'\", \"name eq '<name>'\" and \"resourceGroup eq '<group>'\", each at most once, joined by 'and'."
+                ),
+            )
+        };
+        for term in and_terms(f) {
+            let (slot, value) = if let Some(v) = eq_term(term, "resourceType") {
+                (&mut out.resource_type, v)
+            } else if let Some(v) = eq_term(term, "name") {
+                (&mut out.name, v)
+            } else if let Some(v) = eq_term(term, "resourceGroup") {
+                (&mut out.resource_group, v)
+            } else {
+                return Err(unsupported());
+            };
+            if slot.replace(value.to_ascii_lowercase()).is_some() {
+                return Err(unsupported());
+            }
+        }
+        Ok(out)
+    }
+
+    fn matches_vault(&self, v: &crate::state::Vault) -> bool {
+        self.resource_type.as_deref().is_none_or(|t| t == "microsoft.keyvault/vaults")
+            && self.name.as_deref().is_none_or(|n| v.name.eq_ignore_ascii_case(n))
+            && self.resource_group.as_deref().is_none_or(|g| v.resource_group.eq_ignore_ascii_case(g))
     }
 }
 
 /// `GET /subscriptions/{s}[/resourceGroups/{rg}]/resources`: generic resources the caller can read.
 pub(super) fn list_resources(call: &Call, sub: Uuid, rg: Option<&str>) -> ArmResult<Response> {
-    let ty = resource_type_filter(call.filter())?;
+    let filter = ResourceFilter::parse(call.filter())?;
     call.ctx.read(|s| {
         call.subscription(s, sub)?;
         if let Some(rg) = rg
@@ -360,12 +393,11 @@ pub(super) fn list_resources(call: &Call, sub: Uuid, rg: Option<&str>) -> ArmRes
         {
             return Err(rg_not_found(rg));
         }
-        let vaults_wanted = ty.as_deref().is_none_or(|t| t == "microsoft.keyvault/vaults");
         let value: Vec<Value> = s
             .vaults
             .values()
-            .filter(|_| vaults_wanted)
             .filter(|v| v.cloud == call.cloud && v.subscription_id == sub)
+            .filter(|v| filter.matches_vault(v))
             .filter(|v| rg.is_none_or(|rg| v.resource_group.eq_ignore_ascii_case(rg)))
             .filter(|v| call.can(s, &vault_id(sub, &v.resource_group, &v.name), VAULT_READ))
             .map(|v| {
