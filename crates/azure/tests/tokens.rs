@@ -174,8 +174,9 @@ async fn concurrent_callers_cause_one_token_request_per_tenant() {
 #[tokio::test]
 async fn short_lived_tokens_are_refreshed_ahead_of_expiry() {
     let w = World::start().await;
-    // Tokens issued from now on live 3 s: the client refreshes them once 1 s (a third) is left.
-    w.settings(json!({"token_lifetime_secs": 3})).await;
+    // Tokens issued from now on live 60 s: the client refreshes them once 20 s (a third) is
+    // left, that is 40 s after they were issued.
+    w.settings(json!({"token_lifetime_secs": 60})).await;
     let p = w.new_tenant("Platform").await;
     let c = w.new_tenant("Customer").await;
     let platform = w.register_platform_app(&p.tenant_id.parse().unwrap()).await;
@@ -184,15 +185,26 @@ async fn short_lived_tokens_are_refreshed_ahead_of_expiry() {
     let client = w.client(platform.credential());
 
     let first = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
-    assert!(first.expires_in() <= Duration::from_secs(3));
+    assert!(first.expires_in() <= Duration::from_secs(60));
+    // Well inside the first 40 s, however slow the machine: the cached token.
     let again = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
     assert_eq!(again.expose_secret(), first.expose_secret());
     assert_eq!(client.token_stats().token_requests, 1);
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // 45 s pass on both sides of the wire, without waiting for them: the emulator's clock
+    // moves with its admin clock shift (so the next token's iat and exp are 45 s later), the
+    // client's with tokio's test clock, paused only for the jump so that no request runs on
+    // a frozen clock.
+    w.admin_api(reqwest::Method::POST, "clock/shift", Some(json!({"seconds": 45}))).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(45)).await;
+    tokio::time::resume();
+    assert!(first.expires_in() <= Duration::from_secs(15), "{:?}", first.expires_in());
+
     let refreshed = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap();
     assert_ne!(refreshed.expose_secret(), first.expose_secret());
     assert_eq!(client.token_stats().token_requests, 2);
+    assert!(refreshed.expires_in() > Duration::from_secs(40), "{:?}", refreshed.expires_in());
     assert!(claims(refreshed.expose_secret())["exp"].as_i64() > claims(first.expose_secret())["exp"].as_i64());
 }
 
@@ -340,12 +352,14 @@ async fn persistent_faults_give_up_within_the_bound_with_the_right_class() {
     config.transport.request_timeout = Duration::from_millis(500);
     let client = AzureClient::new(&config, platform.credential()).unwrap();
 
+    // The 2 s budget is checked by the number of attempts, which a loaded machine can only
+    // lower, not by a stopwatch, which it can always overrun. Backoffs are at least 50, 100,
+    // 200, 400, 400, ... ms (jitter only adds), so 2 s hold at most 8 attempts, where
+    // max_attempts alone would allow 10.
     w.host_fault(LOGIN, json!({"kind": "server_error", "status": 500}), None).await;
-    let started = Instant::now();
     let e = client.tokens().key_vault_token(AzureEnvironment::Azure, &customer).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
-    assert!(e.attempts() > 1, "{e}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!((2..=8).contains(&e.attempts()), "the 2 s budget holds 2 to 8 attempts, not {}: {e}", e.attempts());
 
     w.clear_faults().await;
     w.host_fault(LOGIN, json!({"kind": "throttle", "retry_after_secs": 1}), None).await;
@@ -354,8 +368,9 @@ async fn persistent_faults_give_up_within_the_bound_with_the_right_class() {
     assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
 
     w.clear_faults().await;
+    // Each blackholed attempt but the last burns its full 500 ms timeout and sleeps at least
+    // 50 ms after it: 2 s hold at most 4 attempts (10 without the budget).
     w.host_fault(LOGIN, json!({"kind": "blackhole"}), None).await;
-    let started = Instant::now();
     let e = client
         .tokens()
         .token(AzureEnvironment::Azure, &customer, "https://graph.microsoft.com/.default")
@@ -363,7 +378,7 @@ async fn persistent_faults_give_up_within_the_bound_with_the_right_class() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
     assert!(e.message().contains("timed out"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!((1..=4).contains(&e.attempts()), "the 2 s budget holds at most 4 attempts, not {}: {e}", e.attempts());
 
     // Once the fault is gone the same client recovers.
     w.clear_faults().await;
