@@ -173,11 +173,14 @@ pub struct Emulator {
     addr: SocketAddr,
     info: EmulatorInfo,
     accept_task: tokio::task::JoinHandle<()>,
+    /// The exclusive lock on `DIR/emulator.lock`, released when the emulator is dropped.
+    _lock: std::fs::File,
 }
 
 impl Emulator {
-    /// Start the emulator: load or create state, CA and keys, bind, write `ca.pem` and
-    /// `emulator.json`, and serve until [`Emulator::shutdown`].
+    /// Start the emulator: lock the data dir, remove a stale `emulator.json`, load or create
+    /// state, CA and keys, bind, and write `emulator.json` last; serve until
+    /// [`Emulator::shutdown`].
     pub async fn start(cfg: EmulatorConfig) -> anyhow::Result<Self> {
         if !cfg.listen.ip().is_loopback() {
             anyhow::bail!(
@@ -188,6 +191,20 @@ impl Emulator {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let data_dir = std::fs::canonicalize(&cfg.data_dir)?;
+        // One emulator per data dir: a second one would overwrite the first one's state.json
+        // and lose its acknowledged writes.
+        let lock = lock_data_dir(&data_dir)?;
+        // emulator.json means "ready": a file left by a process that was killed must not make
+        // a harness proceed against a dead port. Its bootstrap secret is the only copy of it,
+        // so read it before removing the file.
+        let info_path = data_dir.join("emulator.json");
+        let previous: Option<EmulatorInfo> =
+            std::fs::read(&info_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        match std::fs::remove_file(&info_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the stale {}", info_path.display())),
+        }
         let ca = tls::Ca::load_or_create(&data_dir)?;
         let tls = ca.server_config()?;
         let signer = tokens::TokenSigner::load_or_create(&data_dir)?;
@@ -217,25 +234,7 @@ impl Emulator {
             shutdown,
         }));
         let _ = ctx.routers.set(Arc::new(server::Routers::new(ctx.clone())));
-
-        // First start: the bootstrap tenant, subscription and principal.
-        if ctx.read(|s| s.bootstrap.is_none()) {
-            let lifetime = cfg.token_lifetime_secs;
-            ctx.mutate(|s| -> anyhow::Result<()> {
-                if let Some(l) = lifetime {
-                    s.settings.token_lifetime_secs = l;
-                }
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                let p = s.create_tenant_with_admin("Bootstrap", AzureEnvironment::Azure, now);
-                s.bootstrap = Some(state::Bootstrap {
-                    tenant_id: p.tenant_id.parse()?,
-                    subscription_id: p.subscription_id.parse()?,
-                    client_id: p.client_id.parse()?,
-                    client_secret: p.client_secret.clone(),
-                });
-                Ok(())
-            })?;
-        }
+        let bootstrap_secret = bootstrap_secret(&ctx, &cfg, previous.as_ref())?;
 
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -253,16 +252,16 @@ impl Emulator {
                 tenant_id: b.tenant_id.to_string(),
                 subscription_id: b.subscription_id.to_string(),
                 client_id: b.client_id.to_string(),
-                client_secret: b.client_secret.clone(),
+                client_secret: bootstrap_secret,
             },
             data_dir: data_dir.display().to_string(),
             base_url: format!("https://{addr}"),
             pid: std::process::id(),
         };
         // emulator.json is written last: its presence means "ready".
-        persist::write_private(&data_dir.join("emulator.json"), &serde_json::to_vec_pretty(&info)?)?;
+        persist::write_private(&info_path, &serde_json::to_vec_pretty(&info)?)?;
         tracing::info!(listen = %addr, data_dir = %data_dir.display(), "emulator ready");
-        Ok(Self { ctx, addr, info, accept_task })
+        Ok(Self { ctx, addr, info, accept_task, _lock: lock })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -291,4 +290,95 @@ impl Emulator {
         }
         let _ = self.accept_task.await;
     }
+}
+
+/// Take the exclusive lock on `DIR/emulator.lock` (an `flock`, released by the kernel when the
+/// process dies, so a kill -9 never leaves the dir locked) and record this PID in the file. A
+/// second emulator on the same dir fails here at once, naming the PID that holds the lock.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("emulator.lock");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(&path).with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() { "another process".to_string() } else { format!("PID {holder}") };
+            anyhow::bail!(
+                "the data dir {} is in use by another emulator ({who} holds {}). Stop that emulator first{}, or give this one another --data-dir.",
+                data_dir.display(),
+                path.display(),
+                if holder.is_empty() { String::new() } else { format!(" (kill {holder})") },
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// The bootstrap principal's client secret for `emulator.json`, creating the principal on a
+/// fresh data dir. `state.json` keeps only its SHA-256; the secret itself comes from the
+/// previous `emulator.json` (checked against the hash), or from the clear copy an older
+/// `state.json` kept (migrated to the hash now). When neither is there, the principal gets a
+/// new secret, because no copy of the old one is left to show.
+fn bootstrap_secret(ctx: &Ctx, cfg: &EmulatorConfig, previous: Option<&EmulatorInfo>) -> anyhow::Result<String> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let Some(b) = ctx.read(|s| s.bootstrap.clone()) else {
+        // First start: the bootstrap tenant, subscription and principal.
+        let lifetime = cfg.token_lifetime_secs;
+        return ctx.mutate(|s| -> anyhow::Result<String> {
+            if let Some(l) = lifetime {
+                s.settings.token_lifetime_secs = l;
+            }
+            let p = s.create_tenant_with_admin("Bootstrap", AzureEnvironment::Azure, now);
+            s.bootstrap = Some(state::Bootstrap {
+                tenant_id: p.tenant_id.parse()?,
+                subscription_id: p.subscription_id.parse()?,
+                client_id: p.client_id.parse()?,
+                client_secret_sha256: state::sha256_hex(p.client_secret.as_bytes()),
+                client_secret: None,
+            });
+            Ok(p.client_secret)
+        });
+    };
+    if let Some(clear) = b.client_secret.clone() {
+        let hash = state::sha256_hex(clear.as_bytes());
+        ctx.mutate(|s| -> anyhow::Result<()> {
+            if let Some(b) = s.bootstrap.as_mut() {
+                b.client_secret_sha256 = hash;
+                b.client_secret = None;
+            }
+            Ok(())
+        })?;
+        return Ok(clear);
+    }
+    let known = previous
+        .map(|p| &p.bootstrap)
+        .filter(|p| p.client_id == b.client_id.to_string())
+        .map(|p| p.client_secret.clone())
+        .filter(|secret| state::sha256_hex(secret.as_bytes()) == b.client_secret_sha256);
+    if let Some(secret) = known {
+        return Ok(secret);
+    }
+    let secret = ctx.mutate(|s| s.rotate_bootstrap_secret(now))?;
+    tracing::warn!(
+        data_dir = %ctx.data_dir().display(),
+        "emulator.json was missing or unreadable, and it is the only copy of the bootstrap principal's client secret: the principal got a new secret (the old one no longer works); read it from emulator.json"
+    );
+    Ok(secret)
 }

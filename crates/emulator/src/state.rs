@@ -45,9 +45,15 @@ pub struct Bootstrap {
     pub tenant_id: Uuid,
     pub subscription_id: Uuid,
     pub client_id: Uuid,
-    /// The bootstrap secret is part of the emulator.json contract, so it is kept to rewrite
-    /// that file; every other secret is stored only as a hash.
-    pub client_secret: String,
+    /// Hex SHA-256 of the bootstrap principal's client secret. The secret itself is shown only
+    /// in `emulator.json` (0600); on restart it is read back from there and checked against
+    /// this hash (see [`crate::Emulator::start`]).
+    #[serde(default)]
+    pub client_secret_sha256: String,
+    /// The clear secret older data dirs stored here. Read once to migrate (hash it, keep it for
+    /// `emulator.json`), never written again.
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -473,6 +479,28 @@ impl State {
         self.applications.insert(app.object_id, app);
         self.service_principals.insert(sp.object_id, sp);
         info
+    }
+
+    /// Give the bootstrap principal a new client secret in place of the one `bootstrap` names
+    /// (used when `emulator.json`, the only copy of the secret, is gone). Returns the secret.
+    pub fn rotate_bootstrap_secret(&mut self, now: i64) -> anyhow::Result<String> {
+        let b = self.bootstrap.as_mut().ok_or_else(|| anyhow::anyhow!("the state has no bootstrap principal"))?;
+        let app =
+            self.applications.values_mut().find(|a| a.app_id == b.client_id).ok_or_else(|| {
+                anyhow::anyhow!("the bootstrap application {} is missing from state.json", b.client_id)
+            })?;
+        let secret = new_client_secret();
+        let old = std::mem::take(&mut b.client_secret_sha256);
+        app.secrets.retain(|c| c.sha256 != old);
+        app.secrets.push(SecretCredential {
+            key_id: Uuid::new_v4(),
+            hint: secret[..3].to_string(),
+            sha256: sha256_hex(secret.as_bytes()),
+            end_date_time: now + 10 * 365 * 86400,
+        });
+        b.client_secret_sha256 = sha256_hex(secret.as_bytes());
+        b.client_secret = None;
+        Ok(secret)
     }
 
     /// The tenant named by a token URL segment: a GUID or a default domain.

@@ -33,6 +33,17 @@ pub fn client_for(addr: SocketAddr, ca_pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// Like [`client_for`], over HTTP/1.1 only, so that a `Host` header set on a request is the
+/// host the server routes by (over HTTP/2 the URL's authority would be).
+pub fn http1_client_for(addr: SocketAddr, ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .dns_resolver(Arc::new(ToEmulator(addr)))
+        .http1_only()
+        .build()
+        .unwrap()
+}
+
 impl TestEmu {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
