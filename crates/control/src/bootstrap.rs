@@ -4,6 +4,14 @@
 //!
 //! Several replicas may start together on one PostgreSQL: the check-and-create runs under the
 //! store lease [`LEASE`], so exactly one of them bootstraps and the others see the organization.
+//!
+//! Crash safety (issue 10 §4). Before touching the store the bootstrapping process writes
+//! `bootstrap.pending` (the new organization's id) into its data directory; it removes it only
+//! once bootstrap.json is in place. A start that finds the marker finishes the interrupted
+//! bootstrap: it renames a complete `bootstrap.json.tmp` into place, or else gives the
+//! organization (created if it is missing) a fresh owner API key and service account. A process
+//! killed while holding the lease is waited for with a log line saying so; on the embedded
+//! store, whose data directory is locked by this process, its lease is taken over at once.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +28,9 @@ pub const LEASE: &str = "bootstrap";
 
 /// The file name, inside the data directory.
 pub const FILE_NAME: &str = "bootstrap.json";
+
+/// The marker of a bootstrap in progress, inside the data directory.
+pub const PENDING_FILE: &str = "bootstrap.pending";
 
 /// What the first start created. The secrets exist only here and in the 0600 file; `Debug`
 /// never shows them.
@@ -68,11 +79,14 @@ impl BootstrapInfo {
     }
 }
 
-/// Bootstraps if the store has no organization yet. Returns what it created, or `None` when an
-/// organization already exists (a later start, or another replica got there first).
+/// Bootstraps if the store has no organization yet, or finishes a bootstrap a crash interrupted.
+/// Returns what it created, or `None` when an organization already exists (a later start, or
+/// another replica got there first).
 pub async fn ensure(state: &AppState) -> anyhow::Result<Option<BootstrapInfo>> {
     let holder = &state.replica_id;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let mut last_said = None::<String>;
     loop {
         if state
             .store
@@ -81,6 +95,27 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<Option<BootstrapInfo>> {
             .context("taking the bootstrap lease in the store")?
         {
             break;
+        }
+        let lease = state.store.get_lease(LEASE).await.ok().flatten();
+        if let Some(l) = &lease
+            && state.config.store_url().starts_with("sqlite://")
+        {
+            // The embedded store's data directory is locked by this process (server.rs), so the
+            // holder is a process that died while bootstrapping: take its lease over.
+            tracing::warn!(holder = %l.holder, "taking over the bootstrap lease of a control plane that stopped while bootstrapping");
+            let _ = state.store.release_lease(LEASE, &l.holder).await;
+            continue;
+        }
+        if let Some(l) = lease
+            && last_said.as_deref() != Some(l.holder.as_str())
+        {
+            tracing::warn!(
+                holder = %l.holder,
+                expires_at = %l.expires_at,
+                "waiting for the bootstrap lease: another replica is bootstrapping (or stopped while doing so; \
+                 its lease then expires at expires_at)"
+            );
+            last_said = Some(l.holder);
         }
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!(
@@ -95,20 +130,79 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<Option<BootstrapInfo>> {
     result
 }
 
-async fn create_if_empty(state: &AppState) -> anyhow::Result<Option<BootstrapInfo>> {
-    let orgs = state.store.list_organizations().await.context("listing organizations")?;
-    if !orgs.is_empty() {
-        return Ok(None);
+/// Stops the process at a named step when `ATREST_FAILPOINT` names it: the crash tests kill
+/// bootstrap between each pair of writes this way (an abort skips every destructor and flush,
+/// as kill -9 does). Hand-written rather than the `fail` crate: one env lookup per step of a
+/// once-per-data-dir operation needs no registry or feature flag.
+fn failpoint(step: &str) {
+    if std::env::var("ATREST_FAILPOINT").is_ok_and(|v| v == step) {
+        eprintln!("ATREST_FAILPOINT: aborting at {step}");
+        std::process::abort();
     }
-    let org = Organization { id: OrgId::new_random(), name: "atrest".into(), created_at: state.now() };
-    state.store.create_organization(&org).await.context("creating the bootstrap organization")?;
+}
+
+async fn create_if_empty(state: &AppState) -> anyhow::Result<Option<BootstrapInfo>> {
+    let dir = &state.config.data_dir;
+    let file = dir.join(FILE_NAME);
+    let tmp = file.with_extension("json.tmp");
+    let pending_path = dir.join(PENDING_FILE);
+    let orgs = state.store.list_organizations().await.context("listing organizations")?;
+    let org_id = match std::fs::read_to_string(&pending_path) {
+        Ok(text) => {
+            let id = OrgId::parse(text.trim()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} does not hold an organization id ({e}); delete it and start again",
+                    pending_path.display()
+                )
+            })?;
+            let names_it = |p: &std::path::Path| {
+                std::fs::read(p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .is_some_and(|v| v["org_id"] == id.as_str())
+            };
+            // Interrupted after the rename: only the marker is left.
+            if names_it(&file) {
+                std::fs::remove_file(&pending_path).with_context(|| format!("removing {}", pending_path.display()))?;
+                return Ok(None);
+            }
+            // Interrupted after the credentials file was complete: finish the rename.
+            if names_it(&tmp) {
+                std::fs::rename(&tmp, &file)
+                    .with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
+                std::fs::remove_file(&pending_path).with_context(|| format!("removing {}", pending_path.display()))?;
+                tracing::warn!(org = %id, file = %file.display(), "bootstrap: finished a bootstrap that was interrupted after writing its credentials");
+                return Ok(None);
+            }
+            tracing::warn!(org = %id, "bootstrap: an earlier bootstrap was interrupted; creating the organization's owner credentials again");
+            id
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !orgs.is_empty() {
+                return Ok(None);
+            }
+            let id = OrgId::new_random();
+            crate::files::write_private(&pending_path, id.as_str().as_bytes())
+                .with_context(|| format!("writing {}", pending_path.display()))?;
+            id
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pending_path.display())),
+    };
+    failpoint("bootstrap-before-org");
+    if !orgs.iter().any(|o| o.id == org_id) {
+        let org = Organization { id: org_id.clone(), name: "atrest".into(), created_at: state.now() };
+        state.store.create_organization(&org).await.context("creating the bootstrap organization")?;
+    }
+    failpoint("bootstrap-after-org");
     let (key, private) =
-        crate::auth::provision::create_api_key(state, &org.id, "bootstrap owner key", Roles::org_owner()).await?;
+        crate::auth::provision::create_api_key(state, &org_id, "bootstrap owner key", Roles::org_owner()).await?;
+    failpoint("bootstrap-after-api-key");
     let (sa, secret) =
-        crate::auth::provision::create_service_account(state, &org.id, "bootstrap", Roles::org_owner()).await?;
+        crate::auth::provision::create_service_account(state, &org_id, "bootstrap", Roles::org_owner()).await?;
+    failpoint("bootstrap-after-service-account");
     let info = BootstrapInfo {
-        org_id: org.id.clone(),
-        file: state.config.data_dir.join(FILE_NAME),
+        org_id: org_id.clone(),
+        file,
         api_public_key: key.public_key,
         api_private_key: private,
         client_id: sa.client_id.as_str().to_owned(),
@@ -116,16 +210,22 @@ async fn create_if_empty(state: &AppState) -> anyhow::Result<Option<BootstrapInf
     };
     let body = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&info.to_json())?);
     // Written beside and renamed into place, so a crash never leaves a half-written file.
-    let tmp = info.file.with_extension("json.tmp");
-    crate::files::write_private(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &info.file)).with_context(|| {
-        format!(
-            "organization {org} was created, but its credentials could not be written to {}; they are lost. \
+    crate::files::write_private(&tmp, &body)
+        .and_then(|()| {
+            failpoint("bootstrap-after-tmp");
+            std::fs::rename(&tmp, &info.file)
+        })
+        .with_context(|| {
+            format!(
+                "organization {org} was created, but its credentials could not be written to {}; they are lost. \
                  Create new ones with `atrest admin create-api-key --org {org} --role ORG_OWNER` and \
                  `atrest admin create-service-account --org {org} --name owner --role ORG_OWNER`",
-            info.file.display(),
-            org = org.id
-        )
-    })?;
-    tracing::info!(org = %org.id, file = %info.file.display(), "bootstrap: created the first organization, an owner API key and a service account");
+                info.file.display(),
+                org = org_id
+            )
+        })?;
+    failpoint("bootstrap-after-rename");
+    std::fs::remove_file(&pending_path).with_context(|| format!("removing {}", pending_path.display()))?;
+    tracing::info!(org = %org_id, file = %info.file.display(), "bootstrap: created the first organization, an owner API key and a service account");
     Ok(Some(info))
 }

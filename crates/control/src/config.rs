@@ -155,7 +155,7 @@ impl Config {
             Env::prefixed("ATREST_")
                 .split("__")
                 // Variables that belong to other commands or are read elsewhere.
-                .ignore(&["KEK", "LOG", "DATA_DIR", "EMULATOR_LISTEN", "EMULATOR_DATA_DIR"]),
+                .ignore(&["KEK", "LOG", "DATA_DIR", "EMULATOR_LISTEN", "EMULATOR_DATA_DIR", "FAILPOINT"]),
         );
         let config: Config = figment.extract().context("invalid control-plane configuration")?;
         config.check()?;

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod datadir;
 pub mod ear;
 pub mod error;
 pub mod files;

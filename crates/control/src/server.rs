@@ -24,6 +24,8 @@ pub struct ControlPlane {
     bootstrap: Option<BootstrapInfo>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The data directory's lock on the embedded store, released when the control plane stops.
+    _lock: Option<crate::datadir::DirLock>,
 }
 
 impl ControlPlane {
@@ -32,6 +34,14 @@ impl ControlPlane {
         let tls = match &config.tls {
             Some(t) => Some(load_tls(&t.cert_path, &t.key_path)?),
             None => None,
+        };
+        // On the embedded store the data directory belongs to this process alone (issue 10 §4);
+        // replicas share a PostgreSQL store, each with a data directory of its own or not.
+        let lock = if config.store_url().starts_with("sqlite://") {
+            crate::datadir::create_private_dir(&config.data_dir)?;
+            Some(crate::datadir::DirLock::acquire(&config.data_dir, "control plane")?)
+        } else {
+            None
         };
         let state = open_state(config).await?;
         let bootstrap = if state.config.bootstrap { crate::bootstrap::ensure(&state).await? } else { None };
@@ -46,7 +56,7 @@ impl ControlPlane {
         let mut tasks = vec![tokio::spawn(serve(listener, app, tls, rx.clone()))];
         tasks.push(tokio::spawn(crate::jobs::run(state.clone(), rx)));
         tracing::info!(%url, replica = %state.replica_id, "control plane listening");
-        Ok(ControlPlane { addr, url, state, bootstrap, shutdown, tasks })
+        Ok(ControlPlane { addr, url, state, bootstrap, shutdown, tasks, _lock: lock })
     }
 
     /// The listen address.
@@ -82,8 +92,7 @@ impl ControlPlane {
 /// Opens everything a control plane needs (data directory, store, KEK, platform client)
 /// without serving: for `atrest admin` and for starting.
 pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    crate::datadir::create_private_dir(&config.data_dir)?;
     let store =
         atrest_store::Store::open(&config.store_url()).await.map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
     let kek_env = std::env::var("ATREST_KEK").ok();

@@ -60,7 +60,7 @@ mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -211,6 +211,35 @@ fn parse_target(url: &str) -> Result<Target> {
     }
 }
 
+/// Creates the SQLite file with mode 0600 (or tightens an existing one) before SQLite opens
+/// it: SQLite gives the `-wal` and `-shm` files it creates the database file's mode, so all
+/// three stay private to the owner. SQLite's own create would honour the umask (often 0644).
+fn create_private_file(path: &Path) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let fail = |e: std::io::Error| StoreError::Backend(format!("cannot create the SQLite store {}: {e}", path.display()));
+    let file = opts.open(path).map_err(fail)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        for side in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(side);
+            if let Ok(f) = std::fs::File::open(&p) {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+            }
+        }
+    }
+    drop(file);
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `url` with default options and applies pending
     /// migrations. See the crate docs for the accepted URLs.
@@ -227,6 +256,7 @@ impl Store {
                         StoreError::Backend(format!("cannot create the directory {}: {e}", dir.display()))
                     })?;
                 }
+                create_private_file(&path)?;
                 let connect = SqliteConnectOptions::new()
                     .filename(&path)
                     .create_if_missing(true)
