@@ -530,11 +530,34 @@ async fn expired_token_is_refused() {
     let r = w.oauth("/api/oauth/token", Some((&id, &secret)), &[("grant_type", "client_credentials")]).await;
     assert_eq!(r.body["expires_in"], 1, "{}", r.body);
     let token = r.body["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(w.bearer_get(&token, "/api/atlas/v2/groups").await.status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = w.bearer_get(&token, "/api/atlas/v2/groups").await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
-    assert_eq!(r.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
+    // The expiry the server decides by, as the store holds it (found by the token's SHA-256).
+    let digest: [u8; 32] =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref().try_into().unwrap();
+    let record = w.cp.state().store.get_access_token(&digest).await.unwrap();
+    assert_eq!(record.expires_at - record.issued_at, time::Duration::seconds(1));
+
+    // Use the token until it is refused, instead of racing a 1 s lifetime with a sleep. Every
+    // answer is checked against the stored expiry, which needs no timing luck: the server
+    // decides between sending and receiving, so a request sent at or after the expiry must be
+    // refused, and one answered before it must be accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let sent = time::OffsetDateTime::now_utc();
+        let r = w.bearer_get(&token, "/api/atlas/v2/groups").await;
+        let received = time::OffsetDateTime::now_utc();
+        match r.status {
+            StatusCode::OK => assert!(sent < record.expires_at, "accepted after its expiry: {}", r.body),
+            StatusCode::UNAUTHORIZED => {
+                assert!(received >= record.expires_at, "refused before its expiry: {}", r.body);
+                break r;
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+        assert!(std::time::Instant::now() < deadline, "the 1 s token was still accepted after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
+    assert!(refused.detail().contains("POST /api/oauth/token"), "{}", refused.body);
 }
 
 #[tokio::test]

@@ -12,7 +12,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use atrest_emulator::scenario::VaultAuth;
-use support::{Env, Options};
+use support::{Env, Options, eventually, validations};
+
+/// How long background work may take on a loaded machine before the test gives up.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -46,9 +49,18 @@ async fn logs_never_contain_secrets_tokens_or_key_material() {
         .finish();
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
+    // Reads revalidate when no check (background ones included) ran in the last second, so the
+    // background interval must be longer than that for a read ever to be due.
     let env =
-        Env::start_with(Options { revalidate_interval_secs: 1, on_read_min_interval_secs: 1, ..Options::default() })
+        Env::start_with(Options { revalidate_interval_secs: 3, on_read_min_interval_secs: 1, ..Options::default() })
             .await;
+    let metrics = || env.control.state().metrics.render();
+    let background = || validations(&metrics(), "background");
+    // The "revalidated" line jobs.rs logs once a background result is recorded, for `group`.
+    let recorded = |group: &str| {
+        let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        logs.lines().filter(|l| l.contains("revalidated") && l.contains(group)).count()
+    };
     let group = env.project("logs").await;
     let t = env.tenant(VaultAuth::Rbac).await;
 
@@ -65,7 +77,14 @@ async fn logs_never_contain_secrets_tokens_or_key_material() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    // Migrate to the secretless mode, run a dry run, let revalidation and on-read checks run.
+    // A background revalidation with the static secret (unsealed, sent to Entra) runs and is
+    // recorded before the grep: wait for it rather than for a guessed time.
+    let (before, lines) = (background(), recorded(&group));
+    let ran = eventually(LIMIT, || async { background() > before && recorded(&group) > lines }).await;
+    assert!(ran, "no background revalidation of the static credentials was recorded: {}", metrics());
+    assert_eq!(env.status(&group).await["credentialMode"], "STATIC_CREDENTIALS");
+
+    // Migrate to the secretless mode, run a dry run, then a background and an on-read check.
     let role = env.register(&group, &t).await;
     t.grant_rbac().await;
     let (s, v) = env.patch_ear(&group, json!({"roleId": role})).await;
@@ -78,8 +97,17 @@ async fn logs_never_contain_secrets_tokens_or_key_material() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    env.get_ear(&group).await;
+    let (before, lines) = (background(), recorded(&group));
+    let ran = eventually(LIMIT, || async { background() > before && recorded(&group) > lines }).await;
+    assert!(ran, "no background revalidation of the secretless configuration was recorded: {}", metrics());
+    assert_eq!(env.status(&group).await["credentialMode"], "SECRETLESS");
+    // A GET revalidates when the last check is over a second old: keep reading until one did.
+    let read = eventually(LIMIT, || async {
+        env.get_ear(&group).await;
+        validations(&metrics(), "read") > 0
+    })
+    .await;
+    assert!(read, "no GET revalidated the configuration: {}", metrics());
     // A refused token request and a refused bearer token.
     let r = env
         .http

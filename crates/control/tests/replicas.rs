@@ -10,16 +10,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 
 use atrest_emulator::scenario::VaultAuth;
-use support::{ACCEPT, Env, Options};
+use support::{ACCEPT, Env, Options, eventually, validations};
 
-/// `atrest_validations_total{trigger="background",...}` summed over results, from /metrics text.
 fn background_validations(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("atrest_validations_total{") && l.contains("trigger=\"background\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    validations(metrics, "background")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,19 +65,71 @@ async fn two_replicas_share_writes_and_split_revalidation() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["azureKeyVault"]["keyIdentifier"], t.unversioned_kid().as_str(), "{v}");
 
-    // Let background revalidation run for a few intervals on both replicas.
-    let a_before = background_validations(&env.control.state().metrics.render());
-    let b_before = background_validations(&b.state().metrics.render());
-    let window = Duration::from_secs(4 * interval);
-    tokio::time::sleep(window).await;
-    let a = background_validations(&env.control.state().metrics.render()) - a_before;
-    let b_count = background_validations(&b.state().metrics.render()) - b_before;
-    let total = a + b_count;
+    // Background revalidation on both replicas, until each has done some of it and together
+    // they have done `rounds` per project. Waiting for that (not for a guessed time) keeps the
+    // test right on a loaded machine; the window it took is measured and bounds the count.
+    let count = |cp: &atrest_control::ControlPlane| background_validations(&cp.state().metrics.render());
     let n = groups.len() as u64;
-    let intervals = window.as_secs() / interval;
-    // Once per project per interval, give or take the interval at each edge of the window; if
-    // both replicas processed every due project the total would be about twice as high.
-    assert!(total >= n * (intervals - 1), "too few revalidations: A {a}, B {b_count}");
-    assert!(total <= n * (intervals + 1), "projects were revalidated more than once per interval: A {a}, B {b_count}");
+    let rounds = 6u64;
+    let started = std::time::Instant::now();
+    let (a_before, b_before) = (count(&env.control), count(&b));
+    let done = eventually(Duration::from_secs(120), || async {
+        let (a, b_count) = (count(&env.control) - a_before, count(&b) - b_before);
+        a > 0 && b_count > 0 && a + b_count >= n * rounds
+    })
+    .await;
+    let window = started.elapsed().as_secs_f64();
+    let (a, b_count) = (count(&env.control) - a_before, count(&b) - b_before);
+    assert!(
+        done,
+        "after {window:.1} s: A revalidated {a} times and B {b_count} times (want both > 0, total >= {})",
+        n * rounds
+    );
+    // Each project is claimed at most once per interval (whichever replica asks first), so a
+    // window of W seconds holds at most W / interval + 1 claims per project, plus one claimed
+    // before the window and finished inside it. If both replicas processed every due project
+    // the total would reach its target in half the time and break this bound.
+    let bound = (n as f64 * (window / interval as f64 + 2.0)).floor() as u64;
+    assert!(
+        a + b_count <= bound,
+        "projects were revalidated more than once per interval: A {a}, B {b_count} in {window:.1} s (at most {bound})"
+    );
+
+    // B alone keeps the schedule: with A shut down, every project's last check moves on, and
+    // only B is left to have made it.
+    let http = env.http.clone();
+    let token = env.token.clone();
+    let Env { control: a_plane, .. } = env;
+    a_plane.shutdown().await;
+    let last_checked = |g: String| {
+        let (http, token, url) = (http.clone(), token.clone(), b.url().to_string());
+        async move {
+            let r = http
+                .get(format!("{url}/api/atrest/v1/groups/{g}/encryptionAtRest/azureKeyVault/status"))
+                .bearer_auth(&token)
+                .header("Accept", ACCEPT)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<serde_json::Value>().await.unwrap()["lastValidatedDate"].clone()
+        }
+    };
+    let mut before = Vec::new();
+    for g in &groups {
+        before.push(last_checked(g.clone()).await);
+    }
+    let b_alone = count(&b);
+    let moved = eventually(Duration::from_secs(60), || async {
+        for (g, old) in groups.iter().zip(&before) {
+            if last_checked(g.clone()).await == *old {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(moved, "with A shut down, B did not revalidate every project (B's count went {b_alone} -> {})", count(&b));
+    assert!(count(&b) >= b_alone + n, "B's own metrics count each of its revalidations");
     b.shutdown().await;
 }

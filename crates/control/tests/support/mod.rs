@@ -324,3 +324,34 @@ pub async fn oauth_token(http: &reqwest::Client, url: &str, client_id: &str, sec
     let v: Value = r.json().await.unwrap();
     v["access_token"].as_str().unwrap().to_string()
 }
+
+/// `atrest_validations_total{trigger="<trigger>",...}` summed over results, from the text of
+/// one instance's `/metrics` registry (`ControlPlane::state().metrics.render()`).
+pub fn validations(metrics: &str, trigger: &str) -> u64 {
+    let label = format!("trigger=\"{trigger}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("atrest_validations_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Polls `check` every 100 ms until it returns true or `limit` has passed; true if it did.
+/// For waiting on background work (a condition), never for timing it.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
