@@ -48,27 +48,31 @@ async fn dry_run_without_grants_names_each_missing_role_and_stores_nothing() {
         [
             ("shape", "PASSED"),
             ("token", "PASSED"),
-            ("vault", "FAILED"),
+            ("vault", "WARNING"),
             ("key", "FAILED"),
-            ("wrap_unwrap", "FAILED"),
-            ("permissions", "SKIPPED")
+            ("encrypt_decrypt", "FAILED"),
+            ("permissions", "FAILED")
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
+    // Without Reader, ARM's 403 only skips the checks that need the vault's metadata.
     let vault = check(&r, "vault");
     assert_eq!(vault["azureErrorCode"], "AuthorizationFailed");
-    let fix = vault["fix"].as_str().unwrap();
-    assert!(fix.starts_with("az role assignment create") && fix.contains("--role Reader"), "{fix}");
-    assert!(fix.contains(&t.sp) && fix.contains(&t.vault_id), "{fix}");
+    let message = vault["message"].as_str().unwrap();
+    assert!(message.contains("two checks were skipped") && message.contains("purge protection"), "{message}");
+    assert_eq!(
+        vault["fix"].as_str().unwrap(),
+        format!("az role assignment create --assignee {} --role Reader --scope {}", t.sp, t.vault_id)
+    );
     let key = check(&r, "key");
     assert_eq!(key["azureErrorCode"], "ForbiddenByRbac");
     assert!(key["fix"].as_str().unwrap().contains("Key Vault Crypto User"), "{key}");
-    // Without Reader the vault's authorization model and grants cannot be read.
+    // The grants cannot be read without Reader: Key Vault's refusals name what is missing.
     let perms = check(&r, "permissions");
-    assert_eq!(perms["status"], "SKIPPED", "{perms}");
-    assert!(perms["message"].as_str().unwrap().contains("see the vault check"), "{perms}");
+    assert!(perms["message"].as_str().unwrap().contains("Key Vault refused get, encrypt"), "{perms}");
+    assert!(perms["fix"].as_str().unwrap().contains("--role \"Key Vault Crypto User\""), "{perms}");
     assert!(r.get("keyVersionInUse").is_none(), "{r}");
-    assert!(r["summary"].as_str().unwrap().starts_with("Check 'vault' failed"), "{r}");
+    assert!(r["summary"].as_str().unwrap().starts_with("Check 'key' failed"), "{r}");
 
     // Nothing stored, no event recorded.
     assert_eq!(env.get_ear(&group).await["azureKeyVault"], json!({"enabled": false}));
@@ -131,20 +135,29 @@ async fn access_policy_missing_a_permission_is_named_with_the_set_policy_fix() {
     let t = env.tenant(VaultAuth::AccessPolicies).await;
     let role = env.register(&group, &t).await;
     t.customer.assign_role(&t.sp, scenario::roles::READER, &t.vault_id).await.unwrap();
-    t.customer.set_access_policy(&t.vault_id, &t.sp, &["get", "wrapKey"]).await.unwrap();
+    t.customer.set_access_policy(&t.vault_id, &t.sp, &["get", "wrapKey", "unwrapKey"]).await.unwrap();
 
     let (_, r) = env.dry_run(&group, t.ear_block(&role)).await;
     assert_eq!(r["outcome"], "INVALID", "{r}");
     assert_eq!(check(&r, "vault")["status"], "PASSED", "{r}");
     assert_eq!(check(&r, "key")["status"], "PASSED", "{r}");
-    let wrap = check(&r, "wrap_unwrap");
-    assert_eq!((wrap["status"].as_str(), wrap["azureErrorCode"].as_str()), (Some("FAILED"), Some("ForbiddenByPolicy")));
-    assert!(wrap["message"].as_str().unwrap().contains("unwrap"), "{wrap}");
+    let crypto = check(&r, "encrypt_decrypt");
+    assert_eq!(
+        (crypto["status"].as_str(), crypto["azureErrorCode"].as_str()),
+        (Some("FAILED"), Some("ForbiddenByPolicy"))
+    );
+    assert!(crypto["message"].as_str().unwrap().contains("keys encrypt permission"), "{crypto}");
     let perms = check(&r, "permissions");
     assert_eq!(perms["status"], "FAILED");
-    assert!(perms["message"].as_str().unwrap().contains("lacks the key permissions unwrapKey"), "{perms}");
-    let fix = perms["fix"].as_str().unwrap();
-    assert!(fix.starts_with("az keyvault set-policy") && fix.contains(&t.sp), "{fix}");
+    assert!(perms["message"].as_str().unwrap().contains("lacks the key permissions encrypt, decrypt"), "{perms}");
+    // set-policy replaces the key permissions: the fix keeps what is granted.
+    assert_eq!(
+        perms["fix"].as_str().unwrap(),
+        format!(
+            "az keyvault set-policy --name {} --resource-group {} --object-id {} --key-permissions get wrapKey unwrapKey encrypt decrypt",
+            t.vault, t.rg, t.sp
+        )
+    );
 
     // No access policy at all.
     t.customer.remove_access_policy(&t.vault_id, &t.sp).await.unwrap();
@@ -179,9 +192,9 @@ async fn unusable_keys_are_refused_with_the_fix_and_nothing_changes() {
     );
     let (_, r) = env.dry_run(&group, t.ear_block(&role)).await;
     assert_eq!(check(&r, "key")["azureErrorCode"], "KeyDisabled", "{r}");
-    assert_eq!(check(&r, "wrap_unwrap")["status"], "SKIPPED", "{r}");
+    assert_eq!(check(&r, "encrypt_decrypt")["status"], "SKIPPED", "{r}");
 
-    // Enabled, but key_ops without unwrapKey.
+    // Enabled, but key_ops without decrypt.
     t.customer
         .update_key(
             &t.vault,
@@ -195,7 +208,7 @@ async fn unusable_keys_are_refused_with_the_fix_and_nothing_changes() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     let detail = e["detail"].as_str().unwrap();
     assert!(
-        detail.contains("does not allow unwrapKey") && detail.contains("--ops encrypt decrypt wrapKey unwrapKey"),
+        detail.contains("does not allow decrypt") && detail.contains("--ops encrypt decrypt wrapKey unwrapKey"),
         "{detail}"
     );
 
@@ -364,7 +377,8 @@ async fn operations_endpoints_and_metrics() {
     let metrics = env.http.get(format!("{}/metrics", env.url())).send().await.unwrap().text().await.unwrap();
     for needle in [
         "atrest_validations_total{trigger=\"patch\",result=\"valid\"} 1",
-        "atrest_azure_calls_total{operation=\"keyvault.unwrap\",outcome=\"ok\"}",
+        "atrest_azure_calls_total{operation=\"keyvault.encrypt\",outcome=\"ok\"}",
+        "atrest_azure_calls_total{operation=\"keyvault.decrypt\",outcome=\"ok\"}",
         "atrest_azure_calls_total{operation=\"arm.get_vault\",outcome=\"ok\"}",
         "atrest_http_requests_total{",
         "atrest_token_cache_",
@@ -450,24 +464,33 @@ async fn an_unversioned_key_with_a_staged_future_version_uses_the_current_usable
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grant_on_the_key_itself_is_valid_and_the_diagnosis_only_warns() {
+async fn a_grant_on_the_key_itself_is_valid_and_a_wrap_only_role_is_named() {
     let env = Env::start().await;
     let group = env.project("key-scope").await;
     let t = env.tenant(VaultAuth::Rbac).await;
     let role = env.register(&group, &t).await;
-    // Least privilege, as Microsoft recommends: Reader on the vault, the data role on the key.
+    // Key Vault Crypto Service Encryption User allows wrapKey/unwrapKey only: the platform uses
+    // encrypt/decrypt, and the diagnosis says so.
     t.customer.assign_role(&t.sp, scenario::roles::READER, &t.vault_id).await.unwrap();
     t.customer
-        .assign_role(
-            &t.sp,
-            scenario::roles::KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
-            &format!("{}/keys/cmk", t.vault_id),
-        )
+        .assign_role(&t.sp, scenario::roles::KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, &t.vault_id)
+        .await
+        .unwrap();
+    let (_, r) = env.dry_run(&group, t.ear_block(&role)).await;
+    assert_eq!(r["outcome"], "INVALID", "{r}");
+    assert_eq!(check(&r, "encrypt_decrypt")["azureErrorCode"], "ForbiddenByRbac", "{r}");
+    let perms = check(&r, "permissions");
+    assert_eq!(perms["status"], "FAILED", "{r}");
+    assert!(perms["message"].as_str().unwrap().contains("allows only wrapKey and unwrapKey"), "{perms}");
+
+    // Least privilege, as Microsoft recommends: the data role on the key itself.
+    t.customer
+        .assign_role(&t.sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &format!("{}/keys/cmk", t.vault_id))
         .await
         .unwrap();
     let (_, r) = env.dry_run(&group, t.ear_block(&role)).await;
     assert_eq!(r["outcome"], "VALID", "{r}");
     let perms = check(&r, "permissions");
     assert_eq!(perms["status"], "WARNING", "{r}");
-    assert!(perms["message"].as_str().unwrap().contains("nevertheless wrapped and unwrapped"), "{perms}");
+    assert!(perms["message"].as_str().unwrap().contains("nevertheless encrypted and decrypted"), "{perms}");
 }

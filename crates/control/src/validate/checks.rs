@@ -4,10 +4,16 @@
 //!
 //! ```text
 //! round 0  tokens: Key Vault + ARM audiences, together (cached; not counted)
-//! round 1  ARM vault GET  ‖  key GET (resolve)  ‖  wrap  ‖  [diagnose: role assignments]
-//! round 2  unwrap of what round 1 wrapped (a re-wrap first only when an unversioned id's
+//! round 1  ARM vault GET  ‖  key GET (resolve)  ‖  encrypt  ‖  [diagnose: role assignments]
+//! round 2  decrypt of what round 1 encrypted (a re-encrypt first only when an unversioned id's
 //!          current version was unusable and resolve picked another one)
 //! ```
+//!
+//! The customer key is used with `encrypt`/`decrypt` (RSA-OAEP-256), never `wrapKey`/
+//! `unwrapKey`: the minimum grant Atlas documents is the key permissions get, encrypt and
+//! decrypt (issue 10 §1), which Key Vault Crypto User has and Key Vault Crypto Service Encryption
+//! User does not. The ARM read is best effort: it needs Reader, which the access-policy path
+//! does not grant, so a 403 there only skips the checks that need the vault's metadata.
 
 use std::collections::BTreeSet;
 
@@ -22,20 +28,24 @@ use zeroize::Zeroizing;
 use super::{CheckName, CheckResult, CheckStatus, Credential, Depth, Outcome, Report, Target};
 use crate::state::AppState;
 
-/// The wrap algorithm the probe (and the data nodes) use.
+/// The algorithm the probe (and the data nodes, for their master keys) use.
 const PROBE_ALGORITHM: EncryptionAlgorithm = EncryptionAlgorithm::RsaOaep256;
 
-/// Built-in roles whose dataActions include `keys/read`, `keys/wrap/action` and
-/// `keys/unwrap/action` (GUIDs from Azure's built-in roles list).
+/// Built-in roles whose dataActions include `keys/read`, `keys/encrypt/action` and
+/// `keys/decrypt/action` (GUIDs from Azure's built-in roles list).
 const DATA_ROLES: &[(&str, &str)] = &[
     ("12338af0-0e69-4776-bea7-57ae8d297424", "Key Vault Crypto User"),
-    ("e147488a-f6f5-4113-8e2d-b22465e65bf6", "Key Vault Crypto Service Encryption User"),
     ("14b46e9e-c2b7-41b4-b07b-48a6ebf60603", "Key Vault Crypto Officer"),
     ("00482a5a-887f-4fb3-b363-3b7fe8e74483", "Key Vault Administrator"),
 ];
 
-/// Access-policy key permissions the validation needs.
-const POLICY_PERMISSIONS: &[&str] = &["get", "wrapKey", "unwrapKey"];
+/// Key Vault Crypto Service Encryption User: keys/read, wrap and unwrap only. Holding it is the
+/// most likely reason for a refused encrypt, so the diagnosis names it.
+const WRAP_ONLY_ROLE: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+
+/// Access-policy key permissions the validation (and every later use of the key) needs: the
+/// minimum Atlas documents.
+const POLICY_PERMISSIONS: &[&str] = &["get", "encrypt", "decrypt"];
 
 /// One check's outcome before it becomes a [`CheckResult`]: the class of a failure decides the
 /// report's outcome (a denial is not an outage).
@@ -180,7 +190,7 @@ pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Repo
     let principal = principal_of(target, Some(arm_token.expose_secret()));
     drop(arm_token);
 
-    // Round 1: the ARM read, the key GET and the wrap go out together.
+    // Round 1: the ARM read, the key GET and the encrypt go out together.
     let arm = client.arm(target.environment, target.tenant_id);
     let kv = client.key_vault(target.tenant_id);
     let vault_ref = VaultRef::new(target.subscription_id, target.resource_group.clone(), target.vault.clone());
@@ -188,10 +198,10 @@ pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Repo
     let probe = Zeroizing::new(crate::auth::provision::random_bytes::<32>());
     let now_unix = state.now().unix_timestamp();
     let diagnose_rbac = depth == Depth::Diagnose && principal.is_some();
-    let (vault, key, wrapped, assignments) = tokio::join!(
+    let (vault, key, encrypted, assignments) = tokio::join!(
         arm.get_vault(&vault_ref),
         kv.resolve_key(&target.key, now_unix),
-        kv.wrap_key(&target.key, PROBE_ALGORITHM, probe.as_ref()),
+        kv.encrypt(&target.key, PROBE_ALGORITHM, probe.as_ref()),
         async {
             match (diagnose_rbac, principal) {
                 (true, Some(p)) => Some(arm.role_assignments(&vault_id, &p).await),
@@ -201,73 +211,79 @@ pub(super) async fn run(state: &AppState, target: &Target, depth: Depth) -> Repo
     );
     azure_outcome(state, "arm.get_vault", &vault);
     azure_outcome(state, "keyvault.get_key", &key);
-    azure_outcome(state, "keyvault.wrap", &wrapped);
+    azure_outcome(state, "keyvault.encrypt", &encrypted);
     if let Some(a) = &assignments {
         azure_outcome(state, "arm.role_assignments", a);
     }
 
-    steps.push(vault_step(target, &vault_id, &vault));
+    steps.push(vault_step(target, &vault_id, principal, &vault));
 
+    let mut observed = Observed::default();
+    // A refusal to list versions (resolving an unversioned id) is not a refusal of `get`.
+    let list_refused = key.as_ref().is_err_and(|e| e.message().contains(" list permission"));
+    observed.get = if list_refused { None } else { observed.note(&key) };
     let key_props = key.as_ref().ok();
     steps.push(key_step(target, &key, now_unix));
     let key_usable = steps.last().is_some_and(|s| s.failure.is_none());
 
     // An unversioned id whose current version is unusable: resolve picked another version, but
-    // round 1 wrapped with (or, outside nbf/exp, was refused by) the current one. Wrap again with
-    // the version that will be used.
-    let rewrap_with = match (&wrapped, key_props) {
+    // round 1 encrypted with (or, outside nbf/exp, was refused by) the current one. Encrypt
+    // again with the version that will be used.
+    let reencrypt_with = match (&encrypted, key_props) {
         (Ok(c), Some(p)) if key_usable && c.key_id != p.id => Some(p.id.clone()),
         (Err(e), Some(p)) if key_usable && target.key.version().is_none() && e.kind() == ErrorKind::Disabled => {
             Some(p.id.clone())
         }
         _ => None,
     };
-    let wrapped = match rewrap_with {
+    let encrypted = match reencrypt_with {
         Some(id) => {
-            let again = kv.wrap_key(&id, PROBE_ALGORITHM, probe.as_ref()).await;
-            azure_outcome(state, "keyvault.wrap", &again);
+            let again = kv.encrypt(&id, PROBE_ALGORITHM, probe.as_ref()).await;
+            azure_outcome(state, "keyvault.encrypt", &again);
             again
         }
-        None => wrapped,
+        None => encrypted,
     };
+    observed.encrypt = observed.note(&encrypted);
 
-    // Round 2: unwrap on the server what was wrapped.
+    // Round 2: decrypt on the server what was encrypted.
     let mut key_version_in_use = None;
-    let wrap_step = match wrapped {
-        Err(e) => Step::azure(CheckName::WrapUnwrap, "wrapping a random 32-byte value failed", &e),
-        Ok(_) if !key_usable => Step::skipped(CheckName::WrapUnwrap, "not run: the key check failed"),
+    let crypto_step = match encrypted {
+        Err(e) => Step::azure(CheckName::EncryptDecrypt, "encrypting a random 32-byte value failed", &e),
+        Ok(_) if !key_usable => Step::skipped(CheckName::EncryptDecrypt, "not run: the key check failed"),
         Ok(ciphertext) => {
-            let unwrapped = kv.unwrap_key(&ciphertext.key_id, ciphertext.algorithm, &ciphertext.value).await;
-            azure_outcome(state, "keyvault.unwrap", &unwrapped);
-            match unwrapped {
-                Err(e) => Step::azure(CheckName::WrapUnwrap, "the server-side unwrap failed", &e),
+            let decrypted = kv.decrypt(&ciphertext.key_id, ciphertext.algorithm, &ciphertext.value).await;
+            azure_outcome(state, "keyvault.decrypt", &decrypted);
+            observed.decrypt = observed.note(&decrypted);
+            match decrypted {
+                Err(e) => Step::azure(CheckName::EncryptDecrypt, "the server-side decrypt failed", &e),
                 Ok(plain) if plain.value.expose_secret() == probe.as_slice() => {
                     key_version_in_use = Some(ciphertext.key_id.to_string());
                     Step::passed(
-                        CheckName::WrapUnwrap,
+                        CheckName::EncryptDecrypt,
                         format!(
-                            "wrapped a random 32-byte value with {} ({}) and Key Vault unwrapped it back",
+                            "encrypted a random 32-byte value with {} ({}) and Key Vault decrypted it back",
                             ciphertext.key_id,
                             ciphertext.algorithm.as_str()
                         ),
                     )
                 }
                 Ok(_) => Step::failed(
-                    CheckName::WrapUnwrap,
+                    CheckName::EncryptDecrypt,
                     ErrorKind::Misconfigured,
-                    format!("Key Vault unwrapped a different value than {} wrapped", ciphertext.key_id),
+                    format!("Key Vault decrypted a different value than {} encrypted", ciphertext.key_id),
                     None,
                 ),
             }
         }
     };
-    steps.push(wrap_step);
+    steps.push(crypto_step);
 
     if state.config.validation.require_key_binding {
         steps.push(binding_step(state, target, key_props));
     }
 
-    let mut report = finish(steps_with_permissions(steps, target, depth, principal, &vault, assignments));
+    let mut report = finish(steps_with_permissions(steps, target, depth, principal, &vault, assignments, &observed));
     report.key_version_in_use = if report.outcome == Outcome::Valid { key_version_in_use } else { None };
     report
 }
@@ -281,8 +297,34 @@ fn credential_label(target: &Target) -> String {
     }
 }
 
-fn vault_step(target: &Target, vault_id: &str, vault: &Result<VaultProperties, AzureError>) -> Step {
+/// The command that lets the platform read the vault's metadata through ARM.
+fn reader_fix(principal: Option<AzureUuid>, vault_id: &str) -> String {
+    let assignee = principal.map_or_else(|| "<service principal object id>".to_owned(), |p| p.to_string());
+    format!("az role assignment create --assignee {assignee} --role Reader --scope {vault_id}")
+}
+
+fn vault_step(
+    target: &Target,
+    vault_id: &str,
+    principal: Option<AzureUuid>,
+    vault: &Result<VaultProperties, AzureError>,
+) -> Step {
     let v = match vault {
+        // Best effort: without Reader (the access-policy path grants none) ARM answers 403. The
+        // data-plane checks decide validity; only the checks that need the metadata are skipped.
+        Err(e) if e.status() == Some(403) => {
+            let code = e.code().map(|c| format!(" {c}")).unwrap_or_default();
+            let mut s = Step::warning(
+                CheckName::Vault,
+                format!(
+                    "vault {} could not be read through ARM (HTTP 403{code}: the platform's service principal has no Reader role on it), so two checks were skipped: that the vault belongs to tenant {}, and that purge protection is on. Key Vault itself decides validity. To enable the skipped checks, grant Reader with the command below",
+                    target.vault, target.tenant_id
+                ),
+                Some(reader_fix(principal, vault_id)),
+            );
+            s.result.azure_error_code = e.code().map(str::to_owned);
+            return s;
+        }
         Err(e) => return Step::azure(CheckName::Vault, &format!("reading vault {vault_id} through ARM failed"), e),
         Ok(v) => v,
     };
@@ -357,7 +399,7 @@ fn key_step(target: &Target, key: &Result<KeyProperties, AzureError>, now_unix: 
         );
         if !k.enabled {
             // The GET itself succeeds on a disabled key; name the code Key Vault answers the
-            // unwrap with, so that the report reads like the failure a data node would see.
+            // decrypt with, so that the report reads like the failure a data node would see.
             s.result.azure_error_code = Some("KeyDisabled".into());
         }
         return s;
@@ -366,14 +408,14 @@ fn key_step(target: &Target, key: &Result<KeyProperties, AzureError>, now_unix: 
         return Step::failed(
             CheckName::Key,
             ErrorKind::Misconfigured,
-            format!("key {} is of type {}; wrapping needs an RSA or RSA-HSM key", k.id, k.kty),
+            format!("key {} is of type {}; RSA-OAEP-256 encryption needs an RSA or RSA-HSM key", k.id, k.kty),
             Some(format!(
                 "az keyvault key create --vault-name {} --name <new key name> --kty RSA --size 3072",
                 target.vault
             )),
         );
     }
-    let missing: Vec<&str> = ["wrapKey", "unwrapKey"].into_iter().filter(|op| !k.allows(op)).collect();
+    let missing: Vec<&str> = ["encrypt", "decrypt"].into_iter().filter(|op| !k.allows(op)).collect();
     if !missing.is_empty() {
         return Step::failed(
             CheckName::Key,
@@ -387,7 +429,7 @@ fn key_step(target: &Target, key: &Result<KeyProperties, AzureError>, now_unix: 
     Step::passed(
         CheckName::Key,
         format!(
-            "key {} is an enabled {} key of {} bits allowing wrapKey and unwrapKey{resolved}",
+            "key {} is an enabled {} key of {} bits allowing encrypt and decrypt{resolved}",
             target.key,
             k.kty,
             k.key_size_bits()
@@ -433,6 +475,42 @@ fn binding_step(state: &AppState, target: &Target, key: Option<&KeyProperties>) 
     }
 }
 
+/// What Key Vault's own answers showed about the three permissions the platform needs: allowed
+/// (`Some(true)`), refused with a 403 `ForbiddenByPolicy`/`ForbiddenByRbac` (`Some(false)`), or
+/// not shown (not attempted, or another failure). The diagnosis falls back on it when the
+/// vault's grants cannot be read through ARM.
+#[derive(Default)]
+struct Observed {
+    get: Option<bool>,
+    encrypt: Option<bool>,
+    decrypt: Option<bool>,
+    /// The code of the first refusal, which says the vault's authorization model.
+    refusal_code: Option<String>,
+}
+
+impl Observed {
+    fn note<T>(&mut self, r: &Result<T, AzureError>) -> Option<bool> {
+        match r {
+            Ok(_) => Some(true),
+            Err(e) => {
+                let code = e.code().filter(|c| matches!(*c, "ForbiddenByPolicy" | "ForbiddenByRbac"))?;
+                if e.status() != Some(403) {
+                    return None;
+                }
+                self.refusal_code.get_or_insert_with(|| code.to_owned());
+                Some(false)
+            }
+        }
+    }
+
+    fn refused(&self) -> Vec<&'static str> {
+        [("get", self.get), ("encrypt", self.encrypt), ("decrypt", self.decrypt)]
+            .into_iter()
+            .filter_map(|(n, v)| (v == Some(false)).then_some(n))
+            .collect()
+    }
+}
+
 /// Adds the `permissions` diagnosis (dry run only) and, when Key Vault refused with
 /// `ForbiddenByRbac` although a data role is assigned, says that propagation takes minutes.
 fn steps_with_permissions(
@@ -442,6 +520,7 @@ fn steps_with_permissions(
     principal: Option<AzureUuid>,
     vault: &Result<VaultProperties, AzureError>,
     assignments: Option<Result<Vec<RoleAssignment>, AzureError>>,
+    observed: &Observed,
 ) -> Vec<Step> {
     if depth != Depth::Diagnose {
         return steps;
@@ -455,13 +534,48 @@ fn steps_with_permissions(
     };
     let vault_id =
         VaultRef::new(target.subscription_id, target.resource_group.clone(), target.vault.clone()).resource_id();
+    let crypto_user_fix = format!(
+        "az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal --role \"Key Vault Crypto User\" --scope {vault_id}"
+    );
+    let set_policy_fix = |permissions: &str| {
+        format!(
+            "az keyvault set-policy --name {} --resource-group {} --object-id {principal} --key-permissions {permissions}",
+            target.vault, target.resource_group
+        )
+    };
     let v = match vault {
         Ok(v) => v,
         Err(_) => {
-            steps.push(Step::skipped(
-                CheckName::Permissions,
-                "not run: the vault could not be read through ARM, so neither its authorization model nor the grants are known (see the vault check)",
-            ));
+            // The grants cannot be read without Reader: say what Key Vault's answers showed.
+            let refused = observed.refused();
+            let step = if !refused.is_empty() {
+                let (model, fix) = match observed.refusal_code.as_deref() {
+                    Some("ForbiddenByRbac") => ("Azure RBAC", crypto_user_fix.clone()),
+                    _ => ("access policies", set_policy_fix("get encrypt decrypt")),
+                };
+                Step::failed(
+                    CheckName::Permissions,
+                    ErrorKind::Denied,
+                    format!(
+                        "Key Vault refused {} to service principal {principal} (the vault uses {model}); the platform needs the key permissions get, encrypt and decrypt. The vault's grants could not be read through ARM (see the vault check), so this comes from Key Vault's answers",
+                        refused.join(", ")
+                    ),
+                    Some(fix),
+                )
+            } else if [observed.get, observed.encrypt, observed.decrypt].iter().all(|v| *v == Some(true)) {
+                Step::passed(
+                    CheckName::Permissions,
+                    format!(
+                        "Key Vault allowed get, encrypt and decrypt for service principal {principal}; the grants themselves were not read (no Reader on the vault, see the vault check)"
+                    ),
+                )
+            } else {
+                Step::skipped(
+                    CheckName::Permissions,
+                    "not run: the vault could not be read through ARM and Key Vault's answers do not show which permission is missing (see the other checks)",
+                )
+            };
+            steps.push(step);
             return steps;
         }
     };
@@ -485,6 +599,7 @@ fn steps_with_permissions(
                 let data = list
                     .iter()
                     .find(|a| DATA_ROLES.iter().any(|(g, _)| a.role_definition_guid().eq_ignore_ascii_case(g)));
+                let wrap_only = list.iter().any(|a| a.role_definition_guid().eq_ignore_ascii_case(WRAP_ONLY_ROLE));
                 match data {
                     Some(a) => {
                         let role = a.role_name.as_deref().unwrap_or("a Key Vault data role");
@@ -513,34 +628,33 @@ fn steps_with_permissions(
                         CheckName::Permissions,
                         ErrorKind::Denied,
                         format!(
-                            "service principal {principal} holds no role with the Key Vault key dataActions (keys/read, keys/wrap/action, keys/unwrap/action) at or above {vault_id}{}",
+                            "service principal {principal} holds no role with the Key Vault key dataActions (keys/read, keys/encrypt/action, keys/decrypt/action) at or above {vault_id}{}{}",
                             if names.is_empty() {
                                 String::new()
                             } else {
                                 format!("; it holds: {}", names.into_iter().collect::<Vec<_>>().join("; "))
+                            },
+                            if wrap_only {
+                                "; Key Vault Crypto Service Encryption User allows only wrapKey and unwrapKey, and the platform uses encrypt and decrypt"
+                            } else {
+                                ""
                             }
                         ),
-                        Some(format!(
-                            "az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal --role \"Key Vault Crypto User\" --scope {vault_id}"
-                        )),
+                        Some(crypto_user_fix),
                     ),
                 }
             }
         }
     } else {
-        let fix = format!(
-            "az keyvault set-policy --name {} --resource-group {} --object-id {principal} --key-permissions get wrapKey unwrapKey",
-            target.vault, target.resource_group
-        );
         match v.access_policy_for(&target.tenant_id, &principal) {
             None => Step::failed(
                 CheckName::Permissions,
                 ErrorKind::Denied,
                 format!(
-                    "vault {} uses access policies and has none for service principal {principal} in tenant {}",
+                    "vault {} uses access policies and has none for service principal {principal} in tenant {}; the platform needs the key permissions get, encrypt and decrypt",
                     target.vault, target.tenant_id
                 ),
-                Some(fix),
+                Some(set_policy_fix("get encrypt decrypt")),
             ),
             Some(p) => {
                 let missing: Vec<&str> =
@@ -554,31 +668,35 @@ fn steps_with_permissions(
                         ),
                     )
                 } else {
+                    // `set-policy` replaces the key permissions: keep what is granted, add
+                    // what is missing.
+                    let mut all: Vec<&str> = p.key_permissions.iter().map(String::as_str).collect();
+                    all.extend(missing.iter().copied());
                     Step::failed(
                         CheckName::Permissions,
                         ErrorKind::Denied,
                         format!(
-                            "the access policy for {principal} lacks the key permissions {} (it grants: {})",
+                            "the access policy for {principal} lacks the key permissions {} (it grants: {}); the platform needs get, encrypt and decrypt",
                             missing.join(", "),
                             p.key_permissions.join(", ")
                         ),
-                        Some(fix),
+                        Some(set_policy_fix(&all.join(" "))),
                     )
                 }
             }
         }
     };
-    // The grants demonstrably work (Key Vault wrapped and unwrapped): what this check could not
-    // find (a key-scoped assignment, a custom role, a group's policy) is not a failure.
-    let wrap_passed =
-        steps.iter().any(|s| s.result.name == CheckName::WrapUnwrap && s.result.status == CheckStatus::Passed);
+    // The grants demonstrably work (Key Vault encrypted and decrypted): what this check could
+    // not find (a key-scoped assignment, a custom role, a group's policy) is not a failure.
+    let crypto_passed =
+        steps.iter().any(|s| s.result.name == CheckName::EncryptDecrypt && s.result.status == CheckStatus::Passed);
     let mut step = step;
-    if wrap_passed && step.failure.is_some() {
+    if crypto_passed && step.failure.is_some() {
         step.failure = None;
         step.result.status = CheckStatus::Warning;
         step.result.azure_error_code = None;
         step.result.message.push_str(
-            "; Key Vault nevertheless wrapped and unwrapped, so the grant comes from something this check does not \
+            "; Key Vault nevertheless encrypted and decrypted, so the grant comes from something this check does not \
              see (an assignment on the key itself, a custom role, or a group)",
         );
     }
@@ -590,7 +708,7 @@ fn steps_with_permissions(
 fn finish(mut steps: Vec<Step>) -> Report {
     // Checks that never ran because an earlier one stopped the run.
     let ran: BTreeSet<CheckName> = steps.iter().map(|s| s.result.name).collect();
-    for name in [CheckName::Token, CheckName::Vault, CheckName::Key, CheckName::WrapUnwrap] {
+    for name in [CheckName::Token, CheckName::Vault, CheckName::Key, CheckName::EncryptDecrypt] {
         if !ran.contains(&name) {
             steps.push(Step::skipped(name, "not run: an earlier check failed"));
         }

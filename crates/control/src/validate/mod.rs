@@ -4,17 +4,22 @@
 //! 1. **shape**: `keyIdentifier` parses; its vault is `keyVaultName`; its DNS suffix matches
 //!    `azureEnvironment` ([`shape`], pure, no IO);
 //! 2. **token**: a token for the customer's tenant (Key Vault and ARM audiences);
-//! 3. **vault**: vault metadata through ARM (needs Reader); a warning when purge protection is off;
-//! 4. **key**: key GET: enabled, inside `nbf`/`exp`, `key_ops` allow wrapKey and unwrapKey, an RSA key;
-//! 5. **wrap_unwrap**: wrap 32 random bytes, then unwrap them **on the server** and compare
-//!    (a wrap alone passes on a disabled key and can be done locally with the public key);
+//! 3. **vault**: vault metadata through ARM, best effort: it needs Reader, which the seeds'
+//!    access-policy path does not grant, so a 403 is a warning saying which checks were skipped
+//!    (the vault's tenant, purge protection) with the Reader command; a warning when purge
+//!    protection is off;
+//! 4. **key**: key GET: enabled, inside `nbf`/`exp`, `key_ops` allow encrypt and decrypt, an RSA key;
+//! 5. **encrypt_decrypt**: encrypt 32 random bytes (RSA-OAEP-256), then decrypt them **on the
+//!    server** and compare (an encrypt alone passes on a disabled key and can be done locally
+//!    with the public key). `encrypt`/`decrypt`, not `wrapKey`/`unwrapKey`: the minimum grant is
+//!    the key permissions get, encrypt and decrypt;
 //! 6. **key_binding** (when the platform requires it): the key carries the tag naming the project;
 //! 7. **permissions** (dry run only): role assignments at the vault scope, or the access policy,
 //!    read through ARM so the report can name the missing permission.
 //!
-//! Independent checks run concurrently: after the tokens, the ARM read, the key GET and the wrap
-//! go out together, and only the unwrap waits (for the wrap), so a validation costs at most three
-//! sequential round trips after the token (design.md §7).
+//! Independent checks run concurrently: after the tokens, the ARM read, the key GET and the
+//! encrypt go out together, and only the decrypt waits (for the encrypt), so a validation costs
+//! two sequential round trips after the token (design.md §7: at most three).
 //!
 //! Nothing here writes to the store: callers decide what to commit. No key material outlives
 //! the check: the random value and the unwrapped bytes are zeroized on drop.
@@ -37,7 +42,7 @@ pub enum CheckName {
     Token,
     Vault,
     Key,
-    WrapUnwrap,
+    EncryptDecrypt,
     KeyBinding,
     Permissions,
 }
@@ -87,7 +92,7 @@ pub enum Outcome {
 pub struct Report {
     pub outcome: Outcome,
     pub checks: Vec<CheckResult>,
-    /// The versioned key identifier that wrap/unwrap used (unversioned identifiers are resolved).
+    /// The versioned key identifier that encrypt/decrypt used (unversioned identifiers are resolved).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_version_in_use: Option<String>,
 }
