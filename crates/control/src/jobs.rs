@@ -1,4 +1,4 @@
-//! Background revalidation.
+//! Background work: revalidation, and moving Encryption at Rest private endpoints forward.
 //!
 //! Every `poll_interval_ms`, each replica claims the configurations whose revalidation is due
 //! (`Store::claim_due_revalidations` moves their next check one interval ahead atomically, so
@@ -26,6 +26,8 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(poll) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        // Private endpoints move on with the same poll (each change applied by one replica).
+        crate::api::private_endpoints::advance(&state).await;
         loop {
             let now = state.now();
             let next = now + state.config.revalidate_interval();
