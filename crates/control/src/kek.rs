@@ -8,6 +8,11 @@
 //!
 //! The KEK comes from `ATREST_KEK` (base64 of 32 bytes) when set, else from a key file (created
 //! with 32 random bytes and mode 0600 on first start). Rotating the KEK is out of scope for now.
+//!
+//! Replicas on one store must share the KEK: a row one sealed must open on every other. The first
+//! control plane to start on a store writes a canary there (a fixed value sealed with its KEK,
+//! plus the KEK's fingerprint); every start opens it and refuses to start when it does not open
+//! ([`Kek::check_canary`]), naming the fingerprint expected and the fix.
 
 use std::path::Path;
 
@@ -24,7 +29,15 @@ const TAG_LEN: usize = 16;
 /// The key-encryption key. `Debug` never shows it.
 pub struct Kek {
     key: RandomizedNonceKey,
+    /// Not secret: `kek:` and the first 8 bytes (hex) of HMAC-SHA-256(KEK, a fixed label).
+    fingerprint: String,
+    /// Where it came from, for messages (`ATREST_KEK`, or the key file's path).
+    source: String,
 }
+
+/// The AAD and the plaintext of the canary (nothing secret: only whether it opens matters).
+const CANARY_PURPOSE: &str = "kek-canary";
+const CANARY_VALUE: &[u8] = b"atrest key-encryption key canary v1";
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +60,50 @@ impl Kek {
         }
         let key = RandomizedNonceKey::new(&AES_256_GCM, bytes)
             .map_err(|_| anyhow::anyhow!("AES-256-GCM key setup failed"))?;
-        Ok(Kek { key })
+        let tag = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
+            b"atrest kek fingerprint v1",
+        );
+        let fingerprint = format!("kek:{}", hex::encode(&tag.as_ref()[..8]));
+        Ok(Kek { key, fingerprint, source: "given bytes".into() })
+    }
+
+    /// A fingerprint that tells KEKs apart without revealing them (safe to log and show).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Where this KEK came from: `ATREST_KEK` or the key file.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn with_source(mut self, source: String) -> Kek {
+        self.source = source;
+        self
+    }
+
+    /// Checks this KEK against the store's canary, writing the canary first if the store has
+    /// none (the first start). Fails, with the fix, when the canary was sealed with another KEK.
+    pub async fn check_canary(&self, store: &atrest_store::Store, now: time::OffsetDateTime) -> anyhow::Result<()> {
+        let sealed = self.seal(CANARY_PURPOSE, CANARY_VALUE);
+        let canary = store
+            .kek_canary_or_insert(&sealed, &self.fingerprint, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("checking the key-encryption key against the store: {e}"))?;
+        match self.open(CANARY_PURPOSE, &canary.sealed) {
+            Ok(v) if secrecy::ExposeSecret::expose_secret(&v) == CANARY_VALUE => Ok(()),
+            _ => bail!(
+                "this control plane's key-encryption key ({}, from {}) is not the one this store's data is sealed with ({}, \
+                 used since {}): its replicas would not read each other's sealed secrets. Refusing to start. Give this \
+                 replica the same KEK as the others: set ATREST_KEK to the value they use (base64 of 32 bytes), or copy \
+                 their kek.key into its data directory (mode 0600) and leave ATREST_KEK unset; then start again",
+                self.fingerprint,
+                self.source,
+                canary.fingerprint,
+                canary.created_at
+            ),
+        }
     }
 
     /// `ATREST_KEK` if given (base64), else the file at `path`, created if missing.
@@ -58,12 +114,15 @@ impl Kek {
                     .decode(b64.trim())
                     .context("ATREST_KEK is not base64; generate one with `openssl rand -base64 32`")?,
             );
-            return Kek::from_bytes(&raw);
+            return Ok(Kek::from_bytes(&raw)?.with_source("ATREST_KEK".into()));
         }
+        let from_file = format!("the key file {}", path.display());
         if path.exists() {
             check_private(path)?;
             let raw = Zeroizing::new(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
-            return Kek::from_bytes(&raw).with_context(|| format!("{} is not a valid key file", path.display()));
+            return Ok(Kek::from_bytes(&raw)
+                .with_context(|| format!("{} is not a valid key file", path.display()))?
+                .with_source(from_file));
         }
         let mut raw = Zeroizing::new([0u8; 32]);
         aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| anyhow::anyhow!("no randomness"))?;
@@ -71,7 +130,7 @@ impl Kek {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         crate::files::write_private(path, raw.as_ref()).with_context(|| format!("writing {}", path.display()))?;
-        Kek::from_bytes(raw.as_ref())
+        Ok(Kek::from_bytes(raw.as_ref())?.with_source(format!("{from_file}, created now")))
     }
 
     /// Seals `plaintext` for `purpose` (the additional authenticated data).

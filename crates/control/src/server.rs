@@ -44,6 +44,21 @@ impl ControlPlane {
             None
         };
         let state = open_state(config).await?;
+        // A shortened revalidate_interval_secs applies at once: no project waits for a date set
+        // under the old, longer interval (issue 10 §6).
+        let latest = state.now() + state.config.revalidate_interval();
+        let moved = state
+            .store
+            .cap_next_validations(latest)
+            .await
+            .map_err(|e| anyhow::anyhow!("rescheduling revalidations to the configured interval: {e}"))?;
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                interval_secs = state.config.revalidate_interval().as_secs(),
+                "revalidations rescheduled to the configured interval"
+            );
+        }
         let bootstrap = if state.config.bootstrap { crate::bootstrap::ensure(&state).await? } else { None };
 
         let listener =
@@ -97,6 +112,9 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         atrest_store::Store::open(&config.store_url()).await.map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
     let kek_env = std::env::var("ATREST_KEK").ok();
     let kek = Kek::load(kek_env.as_deref(), &config.data_dir.join("kek.key"))?;
+    // Every replica on a store must hold the same KEK (issue 10 §4): check it before serving.
+    kek.check_canary(&store, time::OffsetDateTime::now_utc()).await?;
+    tracing::debug!(kek = kek.fingerprint(), source = kek.source(), "key-encryption key matches the store's");
     let platform = Platform::from_config(&config)?;
     Ok(AppState::new(config, store, kek, platform))
 }

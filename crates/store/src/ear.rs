@@ -334,6 +334,19 @@ impl Store {
         })
     }
 
+    /// Moves every next revalidation later than `latest` back to `latest` (the interval was
+    /// shortened since they were scheduled). Returns how many were moved. Earlier ones stay.
+    pub async fn cap_next_validations(&self, latest: OffsetDateTime) -> Result<u64> {
+        let moved = with_backend!(self, |pool| {
+            sqlx::query("UPDATE ear_azure_key_vault SET next_validation_at = $1 WHERE next_validation_at > $1")
+                .bind(to_millis(latest))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(moved)
+    }
+
     /// Postpones a project's next background revalidation to `now + delay` (e.g. after a PATCH
     /// validated it, or to back off). `NotFound` if it has no configuration.
     pub async fn schedule_revalidation(&self, group: &GroupId, now: OffsetDateTime, delay: Duration) -> Result<()> {

@@ -51,6 +51,7 @@ mod model;
 mod cloud_access;
 mod ear;
 mod events;
+mod kek_canary;
 mod leases;
 mod nonces;
 mod principals;
@@ -69,6 +70,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use error::{Result, StoreError};
 pub use ids::{ApiKeyId, ClientId, EventId, GroupId, InvalidId, OrgId, RoleId};
+pub use kek_canary::KekCanary;
 pub use model::{
     AccessToken, ApiKey, AzureCredentials, AzureKeyVaultConfig, CloudProvider, CloudProviderAccessRole, ConfigVersion,
     EarConfigWrite, Event, EventPage, Group, GroupRole, Lease, NonceCheck, OrgRole, Organization, Page, Principal,
@@ -222,7 +224,8 @@ fn create_private_file(path: &Path) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let fail = |e: std::io::Error| StoreError::Backend(format!("cannot create the SQLite store {}: {e}", path.display()));
+    let fail =
+        |e: std::io::Error| StoreError::Backend(format!("cannot create the SQLite store {}: {e}", path.display()));
     let file = opts.open(path).map_err(fail)?;
     #[cfg(unix)]
     {
