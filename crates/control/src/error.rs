@@ -6,10 +6,61 @@
 //! from strings at the call site. Where Atlas has a code for a case (see
 //! `../shared/reference/atlas-admin-api.md` §5 and the Cloud Manager API error list in
 //! mongodb/docs), we use it; the few codes atrest adds are marked in [`codes`].
+//!
+//! A value the client sent is echoed back at most [`ECHO_LIMIT`] characters long (then `…`):
+//! call sites wrap echoed values in [`echo`], `parameters` are shortened as they are added, and
+//! [`ApiError::body`] shortens any run of more than [`ECHO_LIMIT`] non-blank characters in
+//! `detail` and `badRequestDetail`, so a value that reaches a message another way (a domain
+//! type's parse error, say) cannot make a 60 KB field into a 120 KB answer either.
+
+use std::borrow::Cow;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::{Value, json};
+
+/// How many characters of a client's value an error message repeats.
+pub const ECHO_LIMIT: usize = 256;
+
+/// `value` as an error message may repeat it: unchanged up to [`ECHO_LIMIT`] characters,
+/// otherwise its first [`ECHO_LIMIT`] characters and `…`.
+pub fn echo(value: &str) -> Cow<'_, str> {
+    match value.char_indices().nth(ECHO_LIMIT) {
+        None => Cow::Borrowed(value),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &value[..cut])),
+    }
+}
+
+/// `text` with every run of non-whitespace characters longer than [`ECHO_LIMIT`] shortened by
+/// [`echo`]. Message templates have no such runs, so only echoed values are touched.
+fn shorten_long_runs(text: &str) -> Cow<'_, str> {
+    let too_long = |run: &str| run.chars().nth(ECHO_LIMIT).is_some();
+    if !text.split_whitespace().any(too_long) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len().min(4 * ECHO_LIMIT));
+    let mut rest = text;
+    while !rest.is_empty() {
+        let run_len = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (run, after) = rest.split_at(run_len);
+        out.push_str(&echo(run));
+        let blank_len = after.find(|c: char| !c.is_whitespace()).unwrap_or(after.len());
+        out.push_str(&after[..blank_len]);
+        rest = &after[blank_len..];
+    }
+    Cow::Owned(out)
+}
+
+/// A parameter as the body carries it: strings shortened by [`echo`].
+fn echo_value(v: Value) -> Value {
+    match v {
+        Value::String(s) => match echo(&s) {
+            Cow::Borrowed(_) => Value::String(s),
+            Cow::Owned(short) => Value::String(short),
+        },
+        other => other,
+    }
+}
 
 /// Error codes. Atlas's own unless marked "atrest".
 pub mod codes {
@@ -87,7 +138,7 @@ impl ApiError {
         I: IntoIterator<Item = V>,
         V: Into<Value>,
     {
-        self.parameters = params.into_iter().map(Into::into).collect();
+        self.parameters = params.into_iter().map(|p| echo_value(p.into())).collect();
         self
     }
 
@@ -151,13 +202,16 @@ impl ApiError {
         let mut body = json!({
             "error": self.status.as_u16(),
             "errorCode": self.error_code,
-            "detail": self.detail,
+            "detail": shorten_long_runs(&self.detail),
             "reason": self.status.canonical_reason().unwrap_or(""),
-            "parameters": self.parameters,
+            "parameters": self.parameters.iter().cloned().map(echo_value).collect::<Vec<_>>(),
         });
         if !self.fields.is_empty() {
             body["badRequestDetail"] = json!({
-                "fields": self.fields.iter().map(|(f, d)| json!({"field": f, "description": d})).collect::<Vec<_>>()
+                "fields": self.fields.iter().map(|(f, d)| json!({
+                    "field": echo(f),
+                    "description": shorten_long_runs(d),
+                })).collect::<Vec<_>>()
             });
         }
         body
@@ -200,5 +254,35 @@ impl From<atrest_store::StoreError> for ApiError {
                 ApiError::internal()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_keeps_short_values_and_cuts_long_ones_on_a_character_boundary() {
+        assert_eq!(echo("abc"), "abc");
+        let exact = "é".repeat(ECHO_LIMIT);
+        assert_eq!(echo(&exact), exact.as_str());
+        let long = "é".repeat(ECHO_LIMIT + 1);
+        assert_eq!(echo(&long), format!("{}…", "é".repeat(ECHO_LIMIT)));
+    }
+
+    #[test]
+    fn the_body_shortens_long_values_wherever_they_were_put() {
+        let big = "x".repeat(60 * 1024);
+        let e = ApiError::invalid_attribute("tenantID", format!("'{big}' is not a UUID"))
+            .with_params([big.clone(), "short".to_string()]);
+        let body = e.body().to_string();
+        assert!(body.len() < 2048, "{} bytes", body.len());
+        let cut = format!("'{}…", "x".repeat(ECHO_LIMIT - 1));
+        assert!(e.body()["detail"].as_str().unwrap().contains(&cut), "{body}");
+        assert!(e.body()["detail"].as_str().unwrap().ends_with("is not a UUID"), "{body}");
+        assert_eq!(e.body()["parameters"][0], format!("{}…", "x".repeat(ECHO_LIMIT)));
+        assert_eq!(e.body()["parameters"][1], "short");
+        // Blanks between words survive.
+        assert_eq!(shorten_long_runs("a  b\nc"), "a  b\nc");
     }
 }

@@ -11,6 +11,9 @@
 //! - `envelope=true` wraps a successful body as `{status, content}` (lists: adds `status`
 //!   beside `results`); error bodies stay as they are (they carry the status in `error`).
 //!   `pretty=true` indents. Both parse like Java's `Boolean.valueOf` (see [`parse_bool`]).
+//! - Every error is an Atlas `ApiError` in `application/json`: an error response in any other
+//!   type (a rejection from an axum extractor a handler uses instead of [`crate::api::params`],
+//!   say) is rewritten into one here ([`atlas_error_from`]), keeping its status.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -129,6 +132,9 @@ async fn finish(response: Response, version: ApiVersion, envelope: bool, pretty:
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
+        if status.is_client_error() || status.is_server_error() {
+            return atlas_error_from(response).await.into_response();
+        }
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -161,6 +167,38 @@ async fn finish(response: Response, version: ApiVersion, envelope: bool, pretty:
         .expect("a JSON value serializes");
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(out))
+}
+
+/// An Atlas error for a non-JSON error response, with the same status. A client error keeps
+/// the first [`crate::error::ECHO_LIMIT`] characters of its text as the detail; a server error
+/// says nothing of its cause (it is logged).
+async fn atlas_error_from(response: Response) -> ApiError {
+    let status = response.status();
+    const READ_LIMIT: usize = 64 * 1024;
+    let text = match axum::body::to_bytes(response.into_body(), READ_LIMIT).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), body = %crate::error::echo(&text), "a handler answered a non-JSON error");
+        return ApiError { status, ..ApiError::internal() };
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => codes::RESOURCE_NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED => codes::METHOD_NOT_ALLOWED,
+        StatusCode::PAYLOAD_TOO_LARGE => codes::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => codes::UNSUPPORTED_MEDIA_TYPE,
+        _ => codes::VALIDATION_ERROR,
+    };
+    let text = if text.is_empty() { status.canonical_reason().unwrap_or("bad request").to_owned() } else { text };
+    ApiError::new(
+        status,
+        code,
+        format!(
+            "The request was refused: {}. Check the path, query parameters and body against the Atlas Admin API reference.",
+            crate::error::echo(text.trim_end_matches('.'))
+        ),
+    )
 }
 
 #[cfg(test)]

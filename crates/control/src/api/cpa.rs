@@ -8,7 +8,7 @@
 //! `az ad sp create --id <app>` was never run, is caught at registration, not at the first PATCH.
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -18,9 +18,10 @@ use atrest_domain::{AzureEnvironment, AzureUuid};
 use atrest_store::{CloudProvider, CloudProviderAccessRole, RoleId, StoreError};
 
 use crate::api::body::{Fields, JsonObject};
+use crate::api::params::Path;
 use crate::api::{atlas_time, ok_json};
 use crate::auth::{Access, Caller};
-use crate::error::{ApiError, ApiResult, codes};
+use crate::error::{ApiError, ApiResult, codes, echo};
 use crate::state::AppState;
 
 /// Read-only attributes a client may send back (Terraform copies GET responses).
@@ -52,7 +53,7 @@ pub fn require_azure(value: &str, field: &str) -> ApiResult<()> {
         .with_params([value])),
         other => Err(ApiError::bad_request(
             codes::INVALID_ENUM_VALUE,
-            format!("An invalid enumeration value {other} was specified for {field}: use AZURE (AWS and GCP are not offered by this deployment)."),
+            format!("An invalid enumeration value {} was specified for {field}: use AZURE (AWS and GCP are not offered by this deployment).", echo(other)),
         )
         .with_params([other])
         .with_field(field, "use AZURE")),
@@ -67,7 +68,7 @@ fn role_not_found(raw: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         codes::CLOUD_PROVIDER_ACCESS_ROLE_NOT_FOUND,
-        format!("No Cloud Provider Access role with ID {raw} exists in this project; list them with GET /api/atlas/v2/groups/{{groupId}}/cloudProviderAccess."),
+        format!("No Cloud Provider Access role with ID {} exists in this project; list them with GET /api/atlas/v2/groups/{{groupId}}/cloudProviderAccess.", echo(raw)),
     )
     .with_params([raw])
 }
@@ -76,7 +77,8 @@ fn sp_invalid(sp: &str, why: String) -> ApiError {
     ApiError::bad_request(
         codes::AZURE_SERVICE_PRINCIPAL_INVALID,
         format!(
-            "The specified Azure Service Principal ({sp}) contains invalid tenant id or service principal id: {why}"
+            "The specified Azure Service Principal ({}) contains invalid tenant id or service principal id: {why}",
+            echo(sp)
         ),
     )
     .with_params([sp])
@@ -113,13 +115,13 @@ fn parse_request(body: serde_json::Map<String, Value>) -> ApiResult<AzureRoleReq
     }
     f.finish()?;
     let service_principal_id: AzureUuid =
-        sp.parse().map_err(|_| sp_invalid(&sp, format!("servicePrincipalId '{sp}' is not a UUID")))?;
+        sp.parse().map_err(|_| sp_invalid(&sp, format!("servicePrincipalId '{}' is not a UUID", echo(&sp))))?;
     let tenant_id: AzureUuid =
-        tenant.parse().map_err(|_| sp_invalid(&sp, format!("tenantId '{tenant}' is not a UUID")))?;
+        tenant.parse().map_err(|_| sp_invalid(&sp, format!("tenantId '{}' is not a UUID", echo(&tenant))))?;
     let app_id = app
         .map(|a| {
             a.parse::<AzureUuid>()
-                .map_err(|_| ApiError::invalid_attribute("atlasAzureAppId", format!("'{a}' is not a UUID")))
+                .map_err(|_| ApiError::invalid_attribute("atlasAzureAppId", format!("'{}' is not a UUID", echo(&a))))
         })
         .transpose()?;
     Ok(AzureRoleRequest { app_id, service_principal_id, tenant_id, raw_sp: sp, raw_tenant: tenant })

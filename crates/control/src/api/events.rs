@@ -3,7 +3,7 @@
 //! the event's details as further attributes.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use atrest_store::{Event, EventId, StoreError};
 
 use crate::api::groups::{PageQuery, paginated};
+use crate::api::params::{Path, Query};
 use crate::api::{atlas_time, ok_json};
 use crate::auth::{Access, Caller};
-use crate::error::{ApiError, ApiResult, codes};
+use crate::error::{ApiError, ApiResult, codes, echo};
 use crate::state::AppState;
 
 pub fn event_json(e: &Event) -> Value {
@@ -58,7 +59,11 @@ pub async fn get(
         ApiError::new(
             StatusCode::NOT_FOUND,
             codes::RESOURCE_NOT_FOUND,
-            format!("No event with ID {event_id} exists in this project."),
+            format!(
+                "No event with ID {} exists in this project; list them with GET /api/atlas/v2/groups/{}/events.",
+                echo(&event_id),
+                group.id.as_str()
+            ),
         )
         .with_params([event_id.clone()])
     };

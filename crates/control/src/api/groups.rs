@@ -5,16 +5,17 @@
 //! organization; listing shows the projects the caller holds a role on.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::api::body::{Fields, JsonObject};
+use crate::api::params::{Path, Query};
 use crate::api::{atlas_time, ok_json};
 use crate::auth::{Access, Caller};
-use crate::error::{ApiError, ApiResult, codes};
+use crate::error::{ApiError, ApiResult, codes, echo};
 use crate::state::AppState;
 
 fn group_json(g: &atrest_store::Group) -> Value {
@@ -28,7 +29,8 @@ fn group_json(g: &atrest_store::Group) -> Value {
     })
 }
 
-/// Atlas's pagination query parameters.
+/// Atlas's pagination query parameters (read with [`Query`]: a repeated one takes its first
+/// value; unknown ones are ignored, as JAX-RS ignores them).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PageQuery {
@@ -40,18 +42,28 @@ pub struct PageQuery {
 impl PageQuery {
     /// Validates into a store page, with Atlas's limits (pageNum ≥ 1, itemsPerPage 1–500).
     pub fn page(&self) -> ApiResult<atrest_store::Page> {
-        let parse = |name: &str, v: &Option<String>, default: u32, max: u32| -> ApiResult<u32> {
+        let max_items = atrest_store::Page::MAX_ITEMS_PER_PAGE;
+        let parse = |name: &str, v: &Option<String>, default: u32, max: u32, range: &str| -> ApiResult<u32> {
             match v {
                 None => Ok(default),
                 Some(s) => match s.parse::<u32>() {
                     Ok(n) if n >= 1 && n <= max => Ok(n),
-                    _ => Err(ApiError::invalid_attribute(name, format!("'{s}' must be an integer from 1 to {max}"))),
+                    _ => Err(ApiError::invalid_attribute(
+                        name,
+                        format!("query parameter {name}='{}' must be {range} (for example ?{name}={default})", echo(s)),
+                    )),
                 },
             }
         };
         Ok(atrest_store::Page {
-            page_num: parse("pageNum", &self.page_num, 1, u32::MAX)?,
-            items_per_page: parse("itemsPerPage", &self.items_per_page, 100, atrest_store::Page::MAX_ITEMS_PER_PAGE)?,
+            page_num: parse("pageNum", &self.page_num, 1, u32::MAX, "a whole number of 1 or more")?,
+            items_per_page: parse(
+                "itemsPerPage",
+                &self.items_per_page,
+                100,
+                max_items,
+                &format!("a whole number from 1 to {max_items}"),
+            )?,
         })
     }
 

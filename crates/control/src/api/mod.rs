@@ -7,6 +7,7 @@ pub mod ear;
 pub mod events;
 pub mod groups;
 pub mod ops;
+pub mod params;
 pub mod private_endpoints;
 
 use std::time::Instant;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/groups/{groupId}/cloudProviderAccess/{roleId}", get(cpa::get).patch(cpa::authorize))
         .route("/groups/{groupId}/cloudProviderAccess/{cloudProvider}/{roleId}", delete(cpa::deauthorize))
         .route("/groups/{groupId}/encryptionAtRest", get(ear::get).patch(ear::patch))
+        .route("/groups/{groupId}/encryptionAtRest/azureKeyVault:revalidate", post(ear::revalidate_now))
         .route(
             "/groups/{groupId}/encryptionAtRest/{cloudProvider}/privateEndpoints",
             get(private_endpoints::list).post(private_endpoints::create),
@@ -83,7 +85,10 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         codes::RESOURCE_NOT_FOUND,
-        format!("Cannot find resource {}.", request.uri().path()),
+        format!(
+            "Cannot find resource {}. The API's routes are under /api/atlas/v2/groups/{{groupId}}/... (see docs/control-plane.md).",
+            crate::error::echo(request.uri().path())
+        ),
     )
     .with_params([request.uri().path().to_string()])
 }
@@ -92,7 +97,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         codes::METHOD_NOT_ALLOWED,
-        format!("{} is not supported on {}.", request.method(), request.uri().path()),
+        format!("{} is not supported on {}.", request.method(), crate::error::echo(request.uri().path())),
     )
 }
 

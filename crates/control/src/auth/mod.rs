@@ -85,7 +85,11 @@ impl Caller {
             ApiError::new(
                 http::StatusCode::NOT_FOUND,
                 crate::error::codes::INVALID_GROUP_ID,
-                format!("An invalid group ID {group_id} was specified: project ids are 24 lowercase hex characters."),
+                format!(
+                    "An invalid group ID {} was specified: project ids are 24 lowercase hex characters \
+                     (list yours with GET /api/atlas/v2/groups).",
+                    crate::error::echo(group_id)
+                ),
             )
             .with_params([group_id])
         })?;
