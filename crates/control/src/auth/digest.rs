@@ -30,8 +30,9 @@ use http::{HeaderValue, Method, Uri};
 use md5::{Digest, Md5};
 use secrecy::ExposeSecret;
 
+use atrest_store::ApiKeyId;
+
 use crate::auth::Caller;
-use crate::auth::provision::ha1_purpose;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -43,9 +44,27 @@ pub const REALM: &str = "MMS Public API";
 pub const INVALID_CREDENTIALS: &str = "Invalid API key credentials: the Digest username must be the public key of an \
      API key and the password its private key (curl --digest --user PUBLIC_KEY:PRIVATE_KEY).";
 
+/// The KEK purpose (additional authenticated data) of API key `id`'s sealed Digest HA1. The
+/// Digest verifier opens it with the same string.
+pub fn ha1_purpose(id: &ApiKeyId) -> String {
+    format!("digest-ha1:{id}")
+}
+
+/// The Digest HA1 of an API key: `MD5(public:MMS Public API:private)` (RFC 7616 §3.4.2, MD5).
+/// Password-equivalent: never log it, store it only sealed.
+pub fn ha1(public_key: &str, private_key: &str) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(public_key.as_bytes());
+    h.update(b":");
+    h.update(REALM.as_bytes());
+    h.update(b":");
+    h.update(private_key.as_bytes());
+    h.finalize().into()
+}
+
 /// A new nonce: 128 random bits in hex.
 fn new_nonce() -> String {
-    hex::encode(crate::auth::provision::random_bytes::<16>())
+    hex::encode(crate::auth::secrets::random_bytes::<16>())
 }
 
 /// Issues a nonce through the store and returns the `WWW-Authenticate` value carrying it.

@@ -14,6 +14,7 @@
 pub mod digest;
 pub mod oauth;
 pub mod provision;
+pub mod secrets;
 
 use atrest_store::{Group, GroupRole, OrgId, OrgRole, Principal, Roles};
 use axum::extract::{Request, State};

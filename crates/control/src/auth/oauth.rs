@@ -30,7 +30,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::auth::provision::{random_bytes, sha256};
+use crate::auth::secrets::{random_bytes, sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 

@@ -14,11 +14,9 @@
 
 use anyhow::Context;
 use atrest_store::{ApiKey, ApiKeyId, ClientId, OrgId, Roles, ServiceAccount, StoreError};
-use md5::{Digest, Md5};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::auth::digest::REALM;
 use crate::state::AppState;
 
 /// The prefix of every service account secret (Atlas's).
@@ -27,38 +25,8 @@ pub const SECRET_PREFIX: &str = "mdb_sa_sk_";
 /// How many times a random public key or client id is drawn again after a collision.
 const ATTEMPTS: usize = 5;
 
-/// The KEK purpose (additional authenticated data) of API key `id`'s sealed Digest HA1. The
-/// Digest verifier opens it with the same string.
-pub fn ha1_purpose(id: &ApiKeyId) -> String {
-    format!("digest-ha1:{id}")
-}
-
-/// The Digest HA1 of an API key: `MD5(public:MMS Public API:private)` (RFC 7616 §3.4.2, MD5).
-/// Password-equivalent: never log it, store it only sealed.
-pub fn ha1(public_key: &str, private_key: &str) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update(public_key.as_bytes());
-    h.update(b":");
-    h.update(REALM.as_bytes());
-    h.update(b":");
-    h.update(private_key.as_bytes());
-    h.finalize().into()
-}
-
-/// SHA-256, for service account secrets and access tokens.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// `n` bytes from the operating system's CSPRNG.
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut buf = [0u8; N];
-    aws_lc_rs::rand::fill(&mut buf).expect("the operating system's random number generator failed");
-    buf
-}
+pub use crate::auth::digest::{ha1, ha1_purpose};
+pub use crate::auth::secrets::{random_bytes, sha256};
 
 /// `len` characters drawn uniformly from `alphabet` (at most 256 symbols), by rejection sampling
 /// of random bytes so that no symbol is more likely than another.
@@ -173,6 +141,7 @@ pub async fn create_service_account(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::{Digest, Md5};
 
     #[test]
     fn ha1_matches_rfc_2617_example() {
