@@ -11,6 +11,11 @@
 //!   transaction as the change.
 //! - A revalidation result is recorded only against the configuration version it validated
 //!   (optimistic versions in the store), so a slow check cannot overwrite a newer PATCH.
+//! - Events are stamped when the check finished (when the transition was observed), not when it
+//!   started.
+//! - A failure inside the control plane (a sealed secret that does not open, a store error) is
+//!   never the customer's `INVALID`: it is recorded as [`event_types::VALIDATION_INTERNAL_ERROR`],
+//!   counted (`result="internal_error"`) and logged, and the last verdict stays.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -34,6 +39,9 @@ pub mod event_types {
     pub const KMS_NETWORK_ACCESS_RESTORED: &str = "ENCRYPTION_AT_REST_KMS_NETWORK_ACCESS_RESTORED";
     pub const CONFIGURATION_UPDATED: &str = "ENCRYPTION_AT_REST_CONFIGURATION_UPDATED";
     pub const CONFIGURATION_VALIDATION_FAILED: &str = "ENCRYPTION_AT_REST_CONFIGURATION_VALIDATION_FAILED";
+    /// atrest's own (Atlas has no such event): a revalidation could not run or be recorded
+    /// because of a failure inside the control plane; the last verdict is kept.
+    pub const VALIDATION_INTERNAL_ERROR: &str = "ENCRYPTION_AT_REST_VALIDATION_INTERNAL_ERROR";
 }
 
 /// The `azureKeyVault` attributes of a PATCH (or dry-run) body. `None` = not sent.
@@ -227,11 +235,23 @@ pub async fn merge(
 }
 
 fn open_secret(state: &AppState, group: &GroupId, ciphertext: &[u8]) -> ApiResult<SecretString> {
+    let unreadable = || {
+        let mut e = ApiError::internal();
+        e.detail = format!(
+            "The stored Azure client secret of project {} does not open under this control plane's key-encryption key \
+             ({}): the KEK changed since the secret was stored, or the row is corrupted. Nothing was changed. Start the \
+             control plane with the KEK the secret was stored with (ATREST_KEK or kek.key), or send the secret again \
+             with a PATCH of clientID, tenantID and secret.",
+            group.as_str(),
+            state.kek.fingerprint()
+        );
+        e
+    };
     let plain = state.kek.open(&secret_purpose(group), ciphertext).map_err(|e| {
-        tracing::error!(group = %group, error = %e, "stored Azure secret does not open");
-        ApiError::internal()
+        tracing::error!(group = %group, error = %e, kek = state.kek.fingerprint(), "stored Azure secret does not open");
+        unreadable()
     })?;
-    let s = String::from_utf8(plain.expose_secret().to_vec()).map_err(|_| ApiError::internal())?;
+    let s = String::from_utf8(plain.expose_secret().to_vec()).map_err(|_| unreadable())?;
     Ok(SecretString::from(s))
 }
 
@@ -366,29 +386,33 @@ pub fn transition_events(
 /// Revalidates a stored configuration and records the result (and events on a change).
 /// Configurations that wait for data nodes (private networking, pending) are left alone.
 /// Returns what is stored afterwards.
+///
+/// A failure inside the control plane (the stored secret does not open, the role row is gone,
+/// the store refuses the write) is not a verdict on the customer's configuration: it is recorded
+/// by [`internal_failure`] and returned as a 500, and the stored verdict stays as it was.
 pub async fn revalidate(state: &AppState, stored: StoredEarConfig, trigger: &str) -> Result<StoredEarConfig, ApiError> {
     if stored.azure.require_private_networking && stored.status.state == ValidationState::Pending {
         return Ok(stored);
     }
-    let now = state.now();
     let report = match target(state, &stored.group_id, &stored.azure, None).await {
         Ok(t) => validate::run(state, &t, Depth::Commit, trigger).await,
-        Err(e) => {
-            // A stored configuration that no longer forms a target (its role was removed by a
-            // bug, the KEK changed): report it as invalid rather than failing silently.
-            Report {
-                outcome: Outcome::Invalid,
-                checks: vec![validate::CheckResult {
-                    name: validate::CheckName::Shape,
-                    status: validate::CheckStatus::Failed,
-                    azure_error_code: None,
-                    message: e.detail.clone(),
-                    fix: None,
-                }],
-                key_version_in_use: None,
-            }
-        }
+        // The configuration itself is wrong (it no longer passes the shape check): the
+        // customer's to fix.
+        Err(e) if e.status == http::StatusCode::BAD_REQUEST => Report {
+            outcome: Outcome::Invalid,
+            checks: vec![validate::CheckResult {
+                name: validate::CheckName::Shape,
+                status: validate::CheckStatus::Failed,
+                azure_error_code: None,
+                message: e.detail.clone(),
+                fix: None,
+            }],
+            key_version_in_use: None,
+        },
+        Err(e) => return Err(internal_failure(state, &stored, trigger, &e.detail).await),
     };
+    // The transition happened when the check finished, not when it started.
+    let now = state.now();
     let status = status_from(&report, Some(&stored.status), now);
     let events = transition_events(&stored.group_id, &stored.status, &status, now);
     match state
@@ -399,6 +423,37 @@ pub async fn revalidate(state: &AppState, stored: StoredEarConfig, trigger: &str
         Ok(s) => Ok(s),
         // Someone changed the configuration or recorded a newer result meanwhile: theirs wins.
         Err(StoreError::StaleWrite) => Ok(state.store.get_ear_config(&stored.group_id).await?.unwrap_or(stored)),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(internal_failure(state, &stored, trigger, &format!("recording the result failed: {e}")).await),
     }
+}
+
+/// Records a revalidation that failed inside the control plane: a log line, the metric
+/// `atrest_validations_total{result="internal_error"}` and (if the store takes it) an
+/// [`event_types::VALIDATION_INTERNAL_ERROR`] event. `what` must hold no secret. Returns the 500
+/// to answer, which says the last verdict is kept.
+async fn internal_failure(state: &AppState, stored: &StoredEarConfig, trigger: &str, what: &str) -> ApiError {
+    let kept = stored.status.state.as_str().to_ascii_uppercase();
+    state.metrics.validation(trigger, "internal_error");
+    tracing::error!(
+        group = %stored.group_id,
+        trigger,
+        error = what,
+        kept = %kept,
+        "revalidation failed inside the control plane (not a verdict on the customer's key vault); the last verdict is kept"
+    );
+    let event = event(
+        &stored.group_id,
+        event_types::VALIDATION_INTERNAL_ERROR,
+        json!({"detail": what, "trigger": trigger, "keptState": kept, "valid": stored.status.valid}),
+        state.now(),
+    );
+    if let Err(e) = state.store.insert_event(&event).await {
+        tracing::warn!(group = %stored.group_id, error = %e, "could not record the internal-error event either");
+    }
+    let mut e = ApiError::internal();
+    e.detail = format!(
+        "The configuration could not be revalidated because of a failure inside the control plane, not because of \
+         Azure: {what} The last result ({kept}) is kept."
+    );
+    e
 }

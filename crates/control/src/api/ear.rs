@@ -1,6 +1,8 @@
 //! `GET/PATCH /api/atlas/v2/groups/{groupId}/encryptionAtRest`, and atrest's dry run
 //! `POST /api/atrest/v1/groups/{groupId}/encryptionAtRest/azureKeyVault:validate` and status
-//! `GET /api/atrest/v1/groups/{groupId}/encryptionAtRest/azureKeyVault/status`.
+//! `GET /api/atrest/v1/groups/{groupId}/encryptionAtRest/azureKeyVault/status`, and the "Try Again"
+//! trigger `POST /api/atlas/v2/groups/{groupId}/encryptionAtRest/azureKeyVault:revalidate`
+//! (Atlas has the button, not an Admin API call: atrest's own route).
 //!
 //! Wire semantics (atlas-admin-api.md §3, §8, §9): GET always answers 200 with all three
 //! provider blocks (unconfigured ones as `{enabled:false}`); PATCH merges per provider, ignores
@@ -15,7 +17,7 @@ use axum::response::Response;
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
-use atrest_store::{AzureCredentials, Group, StoredEarConfig, ValidationStatus};
+use atrest_store::{AzureCredentials, Group, StoredEarConfig, ValidationState, ValidationStatus};
 
 use crate::api::body::{Fields, JsonObject};
 use crate::api::{atlas_time, ok_json};
@@ -193,7 +195,12 @@ async fn read_with_revalidation(state: &AppState, group: &Group) -> ApiResult<Op
         if due_locally
             && let Some(claimed) = state.store.claim_revalidation_on_read(&group.id, state.now(), min).await?
         {
-            return Ok(Some(ear::revalidate(state, claimed, "read").await?));
+            match ear::revalidate(state, claimed, "read").await {
+                Ok(s) => return Ok(Some(s)),
+                // Recorded as an internal error; the read still answers with the last verdict.
+                Err(e) if e.status.is_server_error() => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(state.store.get_ear_config(&group.id).await?)
@@ -250,15 +257,17 @@ pub async fn patch(
                 &group.id,
                 event_types::CONFIGURATION_VALIDATION_FAILED,
                 json!({"detail": report.summary(), "keyIdentifier": merged.config.key_identifier, "by": caller.label}),
-                now,
+                state.now(),
             );
             if let Err(e) = state.store.insert_event(&failed).await {
                 tracing::warn!(group = %group.id, error = %e, "could not record the validation-failed event");
             }
             return Err(validation_error(&report, existing.as_ref()));
         }
-        ear::status_from(&report, None, now)
+        ear::status_from(&report, None, state.now())
     };
+    // The change and its events happen when the validation finished, not when the request came.
+    let now = state.now();
 
     let mut events = vec![ear::event(
         &group.id,
@@ -331,8 +340,12 @@ pub async fn validate_dry_run(
     };
     let azure = parse_azure(Fields::new("azureKeyVault.", block))?;
     let existing = state.store.get_ear_config(&group.id).await?;
+    let mut checks_stored = false;
     let target = match ear::merge(&state, &group.id, existing.as_ref(), azure).await {
-        Ok(m) => ear::target(&state, &group.id, &m.config, m.static_secret).await,
+        Ok(m) => {
+            checks_stored = existing.as_ref().is_some_and(|e| e.azure == m.config);
+            ear::target(&state, &group.id, &m.config, m.static_secret).await
+        }
         Err(e) => Err(e),
     };
     let report = match target {
@@ -351,8 +364,50 @@ pub async fn validate_dry_run(
         Err(e) => return Err(e),
     };
     let mut v = serde_json::to_value(&report).map_err(|_| ApiError::internal())?;
-    v["summary"] = report.summary().into();
+    let mut summary = report.summary();
+    // A dry run records nothing: when the stored configuration passes now but is stored as
+    // INVALID, say so and point at the trigger that records it.
+    if let Some(e) = existing.as_ref().filter(|e| checks_stored && e.status.state == ValidationState::Invalid) {
+        v["storedState"] = "INVALID".into();
+        if report.outcome == Outcome::Valid {
+            summary.push_str(&format!(
+                " The stored configuration is still INVALID (from the check at {}): a dry run records nothing. To record \
+                 this result now, POST /api/atlas/v2/groups/{}/encryptionAtRest/azureKeyVault:revalidate (\"Try Again\"); \
+                 otherwise the next background check, due at {}, records it.",
+                e.status.last_validated_at.map(atlas_time).unwrap_or_else(|| "an unknown time".into()),
+                group.id.as_str(),
+                atlas_time(e.next_validation_at)
+            ));
+        }
+    }
+    v["summary"] = summary.into();
     Ok(ok_json(v))
+}
+
+/// "Try Again": validates the stored configuration now, records the result and its events (as a
+/// background check would), and answers the `EncryptionAtRest` document, as GET does. A
+/// configuration pending on its data nodes (private networking) is returned unchanged.
+pub async fn revalidate_now(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(group_id): Path<String>,
+) -> ApiResult<Response> {
+    let group = caller.group(&state, &group_id, Access::Write).await?;
+    let Some(stored) = state.store.get_ear_config(&group.id).await? else {
+        return Err(ApiError::new(
+            http::StatusCode::NOT_FOUND,
+            codes::RESOURCE_NOT_FOUND,
+            format!(
+                "Project {} has no Azure Key Vault configuration to revalidate. Configure one first with PATCH \
+                 /api/atlas/v2/groups/{}/encryptionAtRest.",
+                group.id.as_str(),
+                group.id.as_str()
+            ),
+        ));
+    };
+    let stored = ear::revalidate(&state, stored, "try_again").await?;
+    tracing::info!(group = %group.id, by = %caller.label, state = stored.status.state.as_str(), "revalidated on demand");
+    Ok(ok_json(ear_json(Some(&stored))))
 }
 
 pub async fn status(
