@@ -59,6 +59,9 @@ PIDS+=($!)
 wait_for_file "$WORK/emu/emulator.json" 60
 ATREST_EMULATOR_JSON="$WORK/emu/emulator.json" "$VENV/bin/python" -m pytest -q tests/conformance
 
+step "the real Azure CLI: the seeds' az commands and every az command atrest prints (scripts/azcli-tests.sh)"
+$SUDO "$ROOT/scripts/azcli-tests.sh" "$ATREST"
+
 step "control plane: atrest up, then Atlas clients (requests Digest, curl --digest, OAuth) and schemathesis against the official Atlas spec"
 "$ATREST" up --data-dir "$WORK/served" >"$WORK/served.log" 2>&1 &
 UP_PID=$!
