@@ -67,11 +67,51 @@ fn read_bootstrap(path: &Path) -> anyhow::Result<Credentials> {
     credentials(&v, path)
 }
 
+/// The ports a previous `up` on this data directory listened on, reused when free so the URLs
+/// of its guide keep working.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Ports {
+    emulator: Option<u16>,
+    control: Option<u16>,
+}
+
+/// `requested`, or when it asks for any port (0) the port recorded by the previous run if it is
+/// still free. Says loudly when a recorded port is taken, since the old URLs then stop working.
+fn pick_port(requested: SocketAddr, recorded: Option<u16>, what: &str) -> SocketAddr {
+    let Some(port) = recorded.filter(|_| requested.port() == 0) else { return requested };
+    let again = SocketAddr::new(requested.ip(), port);
+    // Probing by binding and releasing: the emulator and the control plane bind themselves.
+    if std::net::TcpListener::bind(again).is_ok() {
+        again
+    } else {
+        eprintln!(
+            "NOTE: port {port}, where the previous run's {what} listened, is in use; {what} gets a new port \
+             and every URL printed by that run changes (the new ones are below)"
+        );
+        requested
+    }
+}
+
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    atrest_control::datadir::create_private_dir(&opts.data_dir)?;
     let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    let _lock = atrest_control::datadir::DirLock::acquire(&data_dir, "atrest up")?;
+    // A harness waits for up.json: one left by a killed run must not announce dead ports.
+    let up_json_path = data_dir.join("up.json");
+    match std::fs::remove_file(&up_json_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the stale {}", up_json_path.display())),
+    }
+    let ports_path = data_dir.join("ports.json");
+    let recorded: Ports =
+        std::fs::read(&ports_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    if recorded.emulator.is_some() {
+        eprintln!("      reusing the ports of the previous run where free ({})", ports_path.display());
+    }
     eprintln!("[1/4] starting the local Azure emulator in {}/emulator ...", data_dir.display());
-    let emu = Emulator::start(EmulatorConfig::new(opts.emulator_listen, data_dir.join("emulator"))).await?;
+    let emu_listen = pick_port(opts.emulator_listen, recorded.emulator, "the emulator");
+    let emu = Emulator::start(EmulatorConfig::new(emu_listen, data_dir.join("emulator"))).await?;
     let http = emulator_client(emu.addr(), &emu.ca_pem())?;
     let layout_path = data_dir.join("demo.json");
     let layout: DemoLayout = if layout_path.exists() {
@@ -86,13 +126,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
 
     eprintln!("[3/4] starting the control plane (embedded SQLite) ...");
     let control_dir = data_dir.join("control");
-    std::fs::create_dir_all(&control_dir)?;
+    atrest_control::datadir::create_private_dir(&control_dir)?;
     let cert_path = control_dir.join("platform-cert.pem");
     let key_path = control_dir.join("platform-key.pem");
     atrest_control::files::write_private(&cert_path, layout.platform_cert_pem.as_bytes())?;
     atrest_control::files::write_private(&key_path, layout.platform_key_pem.as_bytes())?;
     let mut config = Config::load(None)?;
-    config.listen = opts.control_listen;
+    config.listen = pick_port(opts.control_listen, recorded.control, "the control plane");
     config.data_dir = control_dir.clone();
     config.platform.app_id = Some(layout.platform_app_id.clone());
     config.platform.certificate_path = Some(cert_path);
@@ -101,6 +141,20 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     config.azure.endpoint_override = Some(emu.addr());
     config.azure.extra_ca_path = Some(PathBuf::from(&emu.info().ca_pem));
     config.check()?;
+    // The configuration as run, for `atrest serve --config` and `atrest admin --config`: paths
+    // only (the platform key file, the KEK file in data_dir), never a secret. The listen port
+    // is left to the reader (a second server beside this one needs its own).
+    let config_path = control_dir.join("config.toml");
+    let mut saved = config.clone();
+    saved.listen = SocketAddr::new(config.listen.ip(), 0);
+    atrest_control::files::write_private(
+        &config_path,
+        format!(
+            "# Written by `atrest up`: the control plane configuration it runs with. See docs/control-plane.md.\n{}",
+            toml::to_string(&saved).context("writing the control plane configuration as TOML")?
+        )
+        .as_bytes(),
+    )?;
     let control = ControlPlane::start(config).await?;
     let creds = match control.bootstrap() {
         Some(b) => {
@@ -133,6 +187,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         "org_id": creds.org_id,
         "api_key": {"public_key": creds.api_public, "private_key": creds.api_private},
         "service_account": {"client_id": creds.sa_client_id, "client_secret": creds.sa_secret},
+        "control_config": config_path,
         "demo": {
             "group_id": group.id.as_str(),
             "customer_tenant_id": layout.customer_tenant.tenant_id,
@@ -143,8 +198,20 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             "service_principal_id": layout.platform_sp_in_customer,
         },
     });
-    atrest_control::files::write_private(&data_dir.join("up.json"), &serde_json::to_vec_pretty(&up_json)?)?;
-    print_guide(&data_dir, emu.info(), &layout, control.url(), group.id.as_str(), &creds);
+    let ports = Ports { emulator: Some(emu.addr().port()), control: Some(control.addr().port()) };
+    atrest_control::files::write_private(&ports_path, &serde_json::to_vec_pretty(&ports)?)?;
+    print_guide(
+        &data_dir,
+        emu.info(),
+        &layout,
+        control.url(),
+        group.id.as_str(),
+        &creds,
+        control.state().config.revalidate_interval().as_secs(),
+        &config_path,
+    );
+    // Last, as the "ready" signal harnesses wait for.
+    atrest_control::files::write_private(&up_json_path, &serde_json::to_vec_pretty(&up_json)?)?;
     if !opts.no_wait {
         println!("Press Ctrl-C to stop.");
         crate::wait_for_shutdown().await;
@@ -154,6 +221,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The line before and after the walk-through that can be pasted into bash as a whole (and is,
+/// by the suite: scripts/test.sh runs it with `bash -euo pipefail`).
+pub const GUIDE_BEGIN: &str = "----- 8< ----- the walk-through: paste into bash (needs curl and jq) -----";
+pub const GUIDE_END: &str = "----- >8 -----";
+
+#[allow(clippy::too_many_arguments)]
 fn print_guide(
     data_dir: &Path,
     emu: &atrest_emulator::EmulatorInfo,
@@ -161,15 +234,19 @@ fn print_guide(
     url: &str,
     group: &str,
     creds: &Credentials,
+    interval_secs: u64,
+    config_path: &Path,
 ) {
     let port = emu.listen.rsplit(':').next().unwrap_or("443");
     let ca = &emu.ca_pem;
     let c = &d.customer_tenant;
-    let ct = format!("--cacert {ca} --connect-to ::127.0.0.1:{port}");
-    let atlas = format!(
-        "curl -s --digest -u {}:$(jq -r .api_key.private_key {}/up.json) -H 'Accept: application/vnd.atlas.2023-01-01+json' -H 'Content-Type: application/json'",
-        creds.api_public,
-        data_dir.display()
+    let ct = format!("--cacert '{ca}' --connect-to ::127.0.0.1:{port}");
+    let ear = format!(
+        r#"{{"enabled":true,"roleId":"'"$ROLE"'","subscriptionID":"{sub}","resourceGroupName":"{rg}","keyVaultName":"{vault}","keyIdentifier":"{kid}","azureEnvironment":"AZURE"}}"#,
+        sub = c.subscription_id,
+        rg = d.customer_resource_group,
+        vault = d.customer_vault,
+        kid = d.customer_key_id,
     );
     println!(
         r#"
@@ -177,6 +254,7 @@ atrest is up.
   control plane (Atlas Admin API v2)  {url}
   local Azure (emulator)              https://{listen}   CA {ca}
   state and credentials               {dir}/up.json (mode 0600), bootstrap.json in {dir}/control
+  control plane configuration         {config} (for `atrest serve --config` and `atrest admin --config`)
   organization {org}, project "demo" {group}
 
 The demo layout (as in the secretless Key Vault guide):
@@ -186,45 +264,63 @@ The demo layout (as in the secretless Key Vault guide):
                     the platform's service principal in the customer tenant: {sp}
                     (created as `az ad sp create --id {app}` would)
 
-Atlas calls below use HTTP Digest with the bootstrap API key:
-  ATLAS="{atlas}"
+{begin}
+# Atlas calls use HTTP Digest with the bootstrap API key; --fail-with-body stops on any error
+# and shows Atlas's error body.
+atlas() {{
+  curl -sS --fail-with-body --digest -u "{public}:$(jq -er .api_key.private_key '{dir}/up.json')" \
+    -H 'Accept: application/vnd.atlas.2023-01-01+json' -H 'Content-Type: application/json' "$@"
+}}
+# Every Azure host name is served at 127.0.0.1:{port}; curl reaches them this way.
+azure() {{ curl -sS --fail-with-body {ct} "$@"; }}
 
-Step 1. Register the service principal with the project (Cloud Provider Access) and keep its _id:
-  ROLE=$($ATLAS -X POST {url}/api/atlas/v2/groups/{group}/cloudProviderAccess \
-      -d '{{"providerName":"AZURE","atlasAzureAppId":"{app}","servicePrincipalId":"{sp}","tenantId":"{ctid}"}}' | jq -r ._id)
+# Step 1. Register the service principal with the project (Cloud Provider Access), keep its _id.
+ROLE=$(atlas -X POST '{url}/api/atlas/v2/groups/{group}/cloudProviderAccess' \
+  -d '{{"providerName":"AZURE","atlasAzureAppId":"{app}","servicePrincipalId":"{sp}","tenantId":"{ctid}"}}' | jq -er ._id)
+echo "role id: $ROLE"
 
-Step 2. As the customer, grant the service principal Reader and Key Vault Crypto User on the vault
-  (what `az role assignment create --assignee-object-id {sp} --assignee-principal-type ServicePrincipal --role "Key Vault Crypto User" --scope {vid}` sends).
-  Every Azure host name is served at 127.0.0.1:{port}; curl reaches them with {ct}
-  TOKEN=$(curl -s {ct} https://login.microsoftonline.com/{ctid}/oauth2/v2.0/token \
-      -d grant_type=client_credentials -d client_id={cid} --data-urlencode client_secret=$(jq -r .customer_tenant.client_secret {dir}/demo.json) \
-      -d scope=https://management.azure.com/.default | jq -r .access_token)
-  for ROLEDEF in acdd72a7-3385-48ef-bd42-f606fba81ae7 12338af0-0e69-4776-bea7-57ae8d297424; do
-    curl -s {ct} -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-      "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments/$(cat /proc/sys/kernel/random/uuid)?api-version=2022-04-01" \
-      -d '{{"properties":{{"roleDefinitionId":"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/'$ROLEDEF'","principalId":"{sp}","principalType":"ServicePrincipal"}}}}'
-  done
+# Step 2. As the customer, grant the service principal Reader and Key Vault Crypto User on the
+# vault, as `az role assignment create --assignee-object-id {sp} --assignee-principal-type
+# ServicePrincipal --role "Key Vault Crypto User" --scope {vid}` does; keep the assignment ids.
+TOKEN=$(azure 'https://login.microsoftonline.com/{ctid}/oauth2/v2.0/token' \
+  -d grant_type=client_credentials -d client_id={cid} \
+  --data-urlencode "client_secret=$(jq -er .customer_tenant.client_secret '{dir}/demo.json')" \
+  -d scope=https://management.azure.com/.default | jq -er .access_token)
+ASSIGNMENTS=()
+for ROLEDEF in acdd72a7-3385-48ef-bd42-f606fba81ae7 12338af0-0e69-4776-bea7-57ae8d297424; do
+  ASSIGNMENTS+=("$(azure -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments/$(cat /proc/sys/kernel/random/uuid)?api-version=2022-04-01" \
+    -d '{{"properties":{{"roleDefinitionId":"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/'"$ROLEDEF"'","principalId":"{sp}","principalType":"ServicePrincipal"}}}}' \
+    | jq -er .id)")
+done
+printf 'role assignment: %s\n' "${{ASSIGNMENTS[@]}}"
 
-Step 3. Check before patching (dry run: every check, with the az command that fixes each failure):
-  $ATLAS -X POST {url}/api/atrest/v1/groups/{group}/encryptionAtRest/azureKeyVault:validate \
-      -d '{{"enabled":true,"roleId":"'$ROLE'","subscriptionID":"{sub}","resourceGroupName":"{rg}","keyVaultName":"{vault}","keyIdentifier":"{kid}","azureEnvironment":"AZURE"}}' | jq
-  or: atrest doctor --up {dir}/up.json --group {group} --role-id $ROLE
+# Step 3. Check before patching (a dry run: every check, with the az command that fixes each
+# failure). Or: atrest doctor --up '{dir}/up.json' --group {group} --role-id "$ROLE"
+atlas -X POST '{url}/api/atrest/v1/groups/{group}/encryptionAtRest/azureKeyVault:validate' -d '{ear}' \
+  | jq -e '., (.outcome == "VALID")' 
 
-Step 4. Configure Encryption at Rest with the role (no customer secret anywhere):
-  $ATLAS -X PATCH {url}/api/atlas/v2/groups/{group}/encryptionAtRest \
-      -d '{{"azureKeyVault":{{"enabled":true,"roleId":"'$ROLE'","subscriptionID":"{sub}","resourceGroupName":"{rg}","keyVaultName":"{vault}","keyIdentifier":"{kid}","azureEnvironment":"AZURE"}}}}' | jq .azureKeyVault
+# Step 4. Configure Encryption at Rest with the role (no customer secret anywhere).
+atlas -X PATCH '{url}/api/atlas/v2/groups/{group}/encryptionAtRest' -d '{{"azureKeyVault":{ear}}}' | jq .azureKeyVault
 
-Step 5. Read it back ("valid": true), and the events:
-  $ATLAS {url}/api/atlas/v2/groups/{group}/encryptionAtRest | jq .azureKeyVault.valid
-  $ATLAS {url}/api/atlas/v2/groups/{group}/events | jq '.results[].eventTypeName'
+# Step 5. Read it back, and the events.
+atlas '{url}/api/atlas/v2/groups/{group}/events' | jq -r '.results[].eventTypeName'
+echo "valid: $(atlas '{url}/api/atlas/v2/groups/{group}/encryptionAtRest' | jq -er '.azureKeyVault.valid')"
+{end}
 
-Revoke the grant (DELETE the role assignment) and the next revalidation marks the configuration
-invalid and records ENCRYPTION_AT_REST_CONFIG_NO_LONGER_VALID.
+Then revoke the grant (same shell: it uses $TOKEN and $ASSIGNMENTS from Step 2):
+  for A in "${{ASSIGNMENTS[@]}}"; do azure -X DELETE -H "Authorization: Bearer $TOKEN" "https://management.azure.com$A?api-version=2022-04-01"; done
+The background revalidation notices within {interval} s (validation.revalidate_interval_secs) and
+marks the configuration "valid": false with an ENCRYPTION_AT_REST_CONFIG_NO_LONGER_VALID event.
+To check now instead of waiting ("Try Again" in Atlas):
+  atlas -X POST '{url}/api/atlas/v2/groups/{group}/encryptionAtRest/azureKeyVault:revalidate' | jq
 Admin API (faults, throttling, clock, private endpoints): docs/emulator.md. Control plane: docs/control-plane.md
 "#,
         listen = emu.listen,
         dir = data_dir.display(),
+        config = config_path.display(),
         org = creds.org_id,
+        public = creds.api_public,
         pt = d.platform_tenant.tenant_id,
         app = d.platform_app_id,
         ctid = c.tenant_id,
@@ -235,5 +331,8 @@ Admin API (faults, throttling, clock, private endpoints): docs/emulator.md. Cont
         sp = d.platform_sp_in_customer,
         cid = c.client_id,
         vid = d.customer_vault_resource_id,
+        begin = GUIDE_BEGIN,
+        end = GUIDE_END,
+        interval = interval_secs,
     );
 }
