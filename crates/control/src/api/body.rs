@@ -96,6 +96,17 @@ impl Fields {
         }
     }
 
+    /// A string attribute that may be left out but not sent as `null`: Atlas's schema does not
+    /// make it nullable, and treating `null` as "unchanged" would silently keep a value the
+    /// client meant to remove. `send` says what to send instead.
+    pub fn string_not_null(&mut self, name: &str, send: &str) -> Result<Option<String>, ApiError> {
+        if self.map.get(name).is_some_and(Value::is_null) {
+            let path = self.path(name);
+            return Err(ApiError::invalid_attribute(&path, format!("{path} cannot be null; {send}")));
+        }
+        self.string(name)
+    }
+
     /// A boolean attribute; `null` counts as absent.
     pub fn boolean(&mut self, name: &str) -> Result<Option<bool>, ApiError> {
         match self.map.remove(name) {

@@ -111,7 +111,10 @@ fn parse_azure(mut f: Fields) -> ApiResult<AzurePatch> {
         subscription_id: f.string("subscriptionID")?,
         resource_group_name: f.string("resourceGroupName")?,
         key_vault_name: f.string("keyVaultName")?,
-        key_identifier: f.string("keyIdentifier")?,
+        key_identifier: f.string_not_null(
+            "keyIdentifier",
+            "send the key's identifier (https://<vault>.vault.azure.net/keys/<name>[/<version>]), or leave it out to keep the current one; to remove the configuration send {\"azureKeyVault\": {\"enabled\": false}}",
+        )?,
         azure_environment: f.string("azureEnvironment")?,
         require_private_networking: f.boolean("requirePrivateNetworking")?,
     };

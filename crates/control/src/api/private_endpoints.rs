@@ -48,7 +48,8 @@
 //!   so an unknown project is a `404` whatever else the request contains.
 //! - A malformed or unknown `endpointId` is `404 ENCRYPTION_AT_REST_PRIVATE_ENDPOINT_NOT_FOUND`.
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use crate::api::params::{Path, Query};
+use axum::extract::{FromRequest, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http::StatusCode;
