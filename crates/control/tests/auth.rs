@@ -562,10 +562,14 @@ async fn expired_token_is_refused() {
 
 #[tokio::test]
 async fn a_nonce_issued_by_one_replica_is_accepted_by_another() {
+    // Replicas share a PostgreSQL store (the embedded store's data directory belongs to one
+    // process); both use this data directory's KEK file.
+    let url = atrest_store::testing::fresh_postgres_database().await.expect("a throwaway PostgreSQL");
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_owned(),
+        store_url: Some(url),
         bootstrap: false,
         ..Default::default()
     };

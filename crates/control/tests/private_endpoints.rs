@@ -51,10 +51,16 @@ fn endpoint(group: &str, id: &str) -> String {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_on(None).await
+    }
+
+    /// `store_url`: `None` for the embedded store, or a PostgreSQL URL that replicas can share.
+    async fn start_on(store_url: Option<String>) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("control"),
+            store_url,
             bootstrap: false,
             ..Default::default()
         };
@@ -448,7 +454,10 @@ async fn every_operation_needs_project_owner() {
 
 #[tokio::test]
 async fn replicas_advancing_together_apply_each_change_once() {
-    let env = Env::start().await;
+    // Replicas share a PostgreSQL store (the embedded store's data directory belongs to one
+    // process).
+    let url = atrest_store::testing::fresh_postgres_database().await.expect("a throwaway PostgreSQL");
+    let env = Env::start_on(Some(url)).await;
     let replica = ControlPlane::start(env.config.clone()).await.unwrap();
     let group = env.private_project().await;
     let mut ids = Vec::new();

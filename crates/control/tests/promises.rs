@@ -161,7 +161,9 @@ async fn a_get_revalidates_once_the_last_check_is_older_than_the_on_read_interva
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_cloud_provider_access_role_proves_the_principal_again() {
-    let env = Env::start().await;
+    // A second replica needs a shared PostgreSQL store.
+    let url = atrest_store::testing::fresh_postgres_database().await.expect("a throwaway PostgreSQL");
+    let env = Env::start_with(Options { store_url: Some(url), ..Options::default() }).await;
     let group = env.project("authorize").await;
     let t = env.tenant(VaultAuth::Rbac).await;
     let role = env.register(&group, &t).await;

@@ -168,7 +168,8 @@ impl Env {
     }
 
     /// Another replica of the same control plane: same configuration, store and data directory
-    /// (hence the same KEK), its own listener.
+    /// (hence the same KEK), its own listener. Needs `Options::store_url` (PostgreSQL): the
+    /// embedded store's data directory is locked by the process that opened it.
     pub async fn replica(&self) -> ControlPlane {
         ControlPlane::start(self.config.clone()).await.unwrap()
     }
