@@ -54,7 +54,8 @@ pub async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 /// Where `doctor` finds the control plane and its credentials.
 #[derive(Args)]
 pub struct DoctorArgs {
-    /// Read the URL and the service account from this up.json (written by `atrest up`).
+    /// Read the URL, the service account and the demo layout from this up.json (written by
+    /// `atrest up`), or from DIR/up.json when given `atrest up`'s data directory.
     #[arg(long, default_value = ".atrest/up.json")]
     pub up: PathBuf,
     /// Control plane URL (overrides up.json).
@@ -88,7 +89,52 @@ pub struct DoctorArgs {
 }
 
 fn up_json(path: &Path) -> Option<Value> {
+    let path = if path.is_dir() { path.join("up.json") } else { path.to_path_buf() };
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// The attributes of a candidate configuration, with the flag that sets each and where up.json's
+/// demo layout has it.
+const CANDIDATE: [(&str, &str, Option<&str>); 6] = [
+    ("roleId", "--role-id", None),
+    ("subscriptionID", "--subscription-id", Some("/demo/subscription_id")),
+    ("resourceGroupName", "--resource-group", Some("/demo/resource_group")),
+    ("keyVaultName", "--key-vault-name", Some("/demo/key_vault_name")),
+    ("keyIdentifier", "--key-identifier", Some("/demo/key_identifier")),
+    ("azureEnvironment", "--azure-environment", None),
+];
+
+/// Completes a candidate from up.json's demo layout (and AZURE as the environment), then
+/// names every attribute still missing at once.
+fn complete_candidate(body: &mut serde_json::Map<String, Value>, up: Option<&Value>) -> anyhow::Result<()> {
+    for (name, _, pointer) in CANDIDATE {
+        if body.contains_key(name) {
+            continue;
+        }
+        let from_up = pointer.and_then(|p| up.and_then(|u| u.pointer(p))).and_then(|v| v.as_str());
+        match (name, from_up) {
+            (_, Some(v)) => {
+                body.insert(name.into(), json!(v));
+            }
+            ("azureEnvironment", None) => {
+                body.insert(name.into(), json!("AZURE"));
+            }
+            _ => {}
+        }
+    }
+    let missing: Vec<String> = CANDIDATE
+        .iter()
+        .filter(|(name, _, _)| !body.contains_key(*name))
+        .map(|(name, flag, _)| format!("{name} ({flag})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the configuration to check lacks {}: pass them as flags, in --body, or point --up at the up.json whose \
+             demo layout has them (the role id is Step 1's ROLE in up's guide)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// `atrest doctor`: the dry run as a checklist. Exit status 1 when a check fails.
@@ -125,8 +171,11 @@ pub async fn doctor(a: DoctorArgs) -> anyhow::Result<bool> {
             body.insert(name.into(), json!(v));
         }
     }
-    if !body.is_empty() && !body.contains_key("enabled") {
-        body.insert("enabled".into(), json!(true));
+    if !body.is_empty() {
+        complete_candidate(&mut body, up.as_ref())?;
+        if !body.contains_key("enabled") {
+            body.insert("enabled".into(), json!(true));
+        }
     }
     let http = reqwest::Client::builder().build()?;
     let token: Value = http
@@ -194,6 +243,14 @@ pub fn render_checklist(report: &Value) -> String {
 /// config, data directory and KEK).
 #[derive(Subcommand)]
 pub enum Admin {
+    /// Create an organization; prints its id (give it keys with create-api-key --org ID
+    /// --role ORG_OWNER). The Atlas API has no POST /orgs in the reference atrest follows, so
+    /// organizations are created here only.
+    #[command(name = "create-org")]
+    Org {
+        #[arg(long)]
+        name: String,
+    },
     /// Create a project in an organization.
     #[command(name = "create-project")]
     Project {
@@ -202,8 +259,9 @@ pub enum Admin {
         #[arg(long)]
         name: String,
     },
-    /// Create a programmatic API key (HTTP Digest). Roles: ORG_OWNER, ORG_READ_ONLY,
-    /// GROUP_OWNER:<groupId>, GROUP_READ_ONLY:<groupId>.
+    /// Create a programmatic API key (HTTP Digest). Roles: ORG_OWNER, ORG_MEMBER (belongs to
+    /// the organization, no project access), ORG_READ_ONLY, GROUP_OWNER:<groupId>,
+    /// GROUP_READ_ONLY:<groupId>.
     #[command(name = "create-api-key")]
     ApiKey {
         #[arg(long)]
@@ -246,10 +304,80 @@ fn parse_roles(specs: &[String]) -> anyhow::Result<Roles> {
     Ok(roles)
 }
 
-pub async fn admin(config: Option<PathBuf>, cmd: Admin) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+/// Where `atrest admin` finds the control plane's configuration.
+#[derive(Args)]
+pub struct AdminTarget {
+    /// The control plane's TOML config file (as `atrest serve --config`).
+    #[arg(long, env = "ATREST_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// `atrest up`'s data directory: use the configuration up runs its control plane with
+    /// (DIR/control/config.toml).
+    #[arg(long, global = true, conflicts_with = "config")]
+    pub up: Option<PathBuf>,
+    /// The control plane's data directory (its config.toml when present, else the defaults
+    /// with this data directory).
+    #[arg(long, global = true, conflicts_with_all = ["config", "up"])]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The configuration `admin` works on. Never a default data directory: an admin command
+/// against a store nobody serves would silently create one.
+pub fn admin_config(t: &AdminTarget) -> anyhow::Result<Config> {
+    if let Some(c) = &t.config {
+        return Config::load(Some(c));
+    }
+    if let Some(dir) = &t.up {
+        let file = dir.join("control").join("config.toml");
+        if !file.is_file() {
+            bail!(
+                "{} does not exist: is {} the data directory of `atrest up`? Run `atrest up --data-dir {}` once, \
+                 or pass --config FILE",
+                file.display(),
+                dir.display(),
+                dir.display()
+            );
+        }
+        return Config::load(Some(&file));
+    }
+    if let Some(dir) = &t.data_dir {
+        let file = dir.join("config.toml");
+        if file.is_file() {
+            return Config::load(Some(&file));
+        }
+        if !dir.join("control.db").is_file() {
+            bail!(
+                "{} holds no control plane store (control.db): pass the data directory of a control plane, \
+                 or --config FILE when it runs on PostgreSQL",
+                dir.display()
+            );
+        }
+        let mut config = Config::load(None)?;
+        config.data_dir = dir.clone();
+        return Ok(config);
+    }
+    bail!(
+        "say which control plane to administer: `atrest admin --up DATA_DIR ...` beside `atrest up` (e.g. --up .atrest), \
+         `atrest admin --config FILE ...` with the config `atrest serve` runs with, or `--data-dir DIR`"
+    )
+}
+
+pub async fn admin(target: AdminTarget, cmd: Admin) -> anyhow::Result<()> {
+    let config = admin_config(&target)?;
     let state = atrest_control::server::open_state(config).await?;
     match cmd {
+        Admin::Org { name } => {
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.chars().count() > 64 {
+                bail!("--name: an organization name is 1 to 64 characters");
+            }
+            let org = atrest_store::Organization {
+                id: OrgId::new_random(),
+                name,
+                created_at: time::OffsetDateTime::now_utc(),
+            };
+            state.store.create_organization(&org).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", json!({"id": org.id.as_str(), "name": org.name}));
+        }
         Admin::Project { org, name } => {
             let org = OrgId::parse(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
             let g = atrest_store::Group {
@@ -319,6 +447,48 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_takes_the_rest_from_up_json_and_names_every_missing_attribute_at_once() {
+        let up = json!({"demo": {"subscription_id": "s", "resource_group": "rg", "key_vault_name": "kv",
+                                 "key_identifier": "https://kv.vault.azure.net/keys/k"}});
+        let mut body = serde_json::Map::new();
+        body.insert("roleId".into(), json!("r"));
+        complete_candidate(&mut body, Some(&up)).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            json!({"roleId": "r", "subscriptionID": "s", "resourceGroupName": "rg", "keyVaultName": "kv",
+                   "keyIdentifier": "https://kv.vault.azure.net/keys/k", "azureEnvironment": "AZURE"})
+        );
+
+        let mut body = serde_json::Map::new();
+        body.insert("keyVaultName".into(), json!("kv"));
+        let e = complete_candidate(&mut body, None).unwrap_err().to_string();
+        for missing in [
+            "roleId (--role-id)",
+            "subscriptionID (--subscription-id)",
+            "resourceGroupName (--resource-group)",
+            "keyIdentifier (--key-identifier)",
+        ] {
+            assert!(e.contains(missing), "{missing} in {e}");
+        }
+        assert!(!e.contains("keyVaultName") && !e.contains("azureEnvironment"), "{e}");
+    }
+
+    #[test]
+    fn admin_without_a_target_refuses_with_the_command_to_use() {
+        let none = AdminTarget { config: None, up: None, data_dir: None };
+        let e = admin_config(&none).unwrap_err().to_string();
+        assert!(e.contains("atrest admin --up DATA_DIR") && e.contains("--config FILE"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let up = AdminTarget { config: None, up: Some(dir.path().into()), data_dir: None };
+        let e = admin_config(&up).unwrap_err().to_string();
+        assert!(e.contains("control/config.toml does not exist") && e.contains("atrest up --data-dir"), "{e}");
+        let empty = AdminTarget { config: None, up: None, data_dir: Some(dir.path().into()) };
+        let e = admin_config(&empty).unwrap_err().to_string();
+        assert!(e.contains("holds no control plane store"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is created");
+    }
+
+    #[test]
     fn roles_parse_with_the_fix_in_the_error() {
         let g = "5f1a2b3c4d5e6f708192a3b4";
         let roles = parse_roles(&["ORG_READ_ONLY".into(), format!("GROUP_OWNER:{g}")]).unwrap();
@@ -326,6 +496,13 @@ mod tests {
         assert!(roles.groups[&GroupId::parse(g).unwrap()].contains(&GroupRole::GroupOwner));
         let e = parse_roles(&["OWNER".into()]).unwrap_err().to_string();
         assert!(e.contains("use ORG_OWNER"), "{e}");
+        // Every organization role the error names is one --help lists.
+        let mut admin = <Admin as clap::Subcommand>::augment_subcommands(clap::Command::new("admin"));
+        let help = admin.find_subcommand_mut("create-api-key").unwrap().render_long_help().to_string();
+        for role in OrgRole::ALL {
+            assert!(e.contains(role.as_str()), "{role} missing from the error: {e}");
+            assert!(help.contains(role.as_str()), "the error names {role}, --help does not: {help}");
+        }
         let e = parse_roles(&["GROUP_OWNER:xyz".into()]).unwrap_err().to_string();
         assert!(e.contains("group id 'xyz'"), "{e}");
     }

@@ -254,7 +254,7 @@ atrest is up.
   control plane (Atlas Admin API v2)  {url}
   local Azure (emulator)              https://{listen}   CA {ca}
   state and credentials               {dir}/up.json (mode 0600), bootstrap.json in {dir}/control
-  control plane configuration         {config} (for `atrest serve --config` and `atrest admin --config`)
+  control plane configuration         {config} (for `atrest serve --config`; `atrest admin --up {dir} ...` uses it)
   organization {org}, project "demo" {group}
 
 The demo layout (as in the secretless Key Vault guide):

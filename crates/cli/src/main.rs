@@ -79,8 +79,8 @@ enum Command {
     Doctor(control::DoctorArgs),
     /// Local administration on the control plane's store: projects, API keys, service accounts.
     Admin {
-        #[arg(long, env = "ATREST_CONFIG", global = true)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        target: control::AdminTarget,
         #[command(subcommand)]
         cmd: control::Admin,
     },
@@ -126,7 +126,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Admin { config, cmd } => control::admin(config, cmd).await,
+            Command::Admin { target, cmd } => control::admin(target, cmd).await,
             Command::Bench { which } => bench::run(which).await,
         }
     })
@@ -151,4 +151,15 @@ pub async fn wait_for_shutdown() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_colour_only_on_a_terminal_without_no_color() {
+        assert!(super::log_colour(true, None));
+        assert!(!super::log_colour(false, None), "not a terminal");
+        assert!(!super::log_colour(true, Some("1".into())), "NO_COLOR=1");
+        assert!(super::log_colour(true, Some("".into())), "an empty NO_COLOR does not count");
+    }
 }

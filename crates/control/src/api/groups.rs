@@ -46,7 +46,12 @@ impl PageQuery {
         let parse = |name: &str, v: &Option<String>, default: u32, max: u32, range: &str| -> ApiResult<u32> {
             match v {
                 None => Ok(default),
-                Some(s) => match s.parse::<u32>() {
+                // A page number past u32 is a page past the end (the spec sets no maximum), not
+                // an error: saturate it.
+                Some(s) => match s.parse::<u32>().or_else(|e| match e.kind() {
+                    std::num::IntErrorKind::PosOverflow if name == "pageNum" => Ok(u32::MAX),
+                    _ => Err(e),
+                }) {
                     Ok(n) if n >= 1 && n <= max => Ok(n),
                     _ => Err(ApiError::invalid_attribute(
                         name,
