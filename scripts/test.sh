@@ -95,6 +95,11 @@ sed -n '/^----- 8< -----/,/^----- >8 -----/p' "$WORK/served.out" | sed '1d;$d' >
 [ -s "$WORK/guide.sh" ] || { echo "no guide between the scissor lines in up's output" >&2; cat "$WORK/served.out"; exit 1; }
 bash -euo pipefail "$WORK/guide.sh" | tee "$WORK/guide.out"
 [ "$(tail -n 1 "$WORK/guide.out")" = "valid: true" ]
+# Pasted again (the conformance tests above registered and granted the same principal too), it
+# reuses the role and the assignments instead of failing on 409s.
+bash -euo pipefail "$WORK/guide.sh" >"$WORK/guide2.out"
+[ "$(tail -n 1 "$WORK/guide2.out")" = "valid: true" ]
+[ "$(grep '^role id:' "$WORK/guide.out")" = "$(grep '^role id:' "$WORK/guide2.out")" ] || { echo "the second paste registered another role" >&2; exit 1; }
 kill "$UP_PID" && wait "$UP_PID" 2>/dev/null || true
 
 step "benchmark commands still run (debug build, small sizes; BENCHMARKS.md figures come from release builds)"

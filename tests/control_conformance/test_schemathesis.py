@@ -7,8 +7,10 @@ Two runs:
 - invalid data (`--mode negative`): no 5xx, every invalid request is refused with a 4xx, and
   the error bodies still match the spec's ApiError schema and content type.
 
-Every `{groupId}` is the demo project's real id (up.json `demo.group_id`), so that requests
-reach the handlers (and their validation) instead of all stopping at 404 GROUP_NOT_FOUND.
+Every `{groupId}` is the real id of a project made for this run in up's organization, so that
+requests reach the handlers (and their validation) instead of all stopping at 404
+GROUP_NOT_FOUND. It is not the demo project: schemathesis PATCHes and DELETEs whatever it may,
+and later steps of the suite (doctor, up's guide) rely on the demo project as the seeds leave it.
 
 The spec is used with overlays (each explained where it is applied in `live_spec`); the first is taken from the reference (atlas-admin-api.md §1 row 2 and
 §5): live Atlas answers `POST /cloudProviderAccess` with 400 (CANNOT_AUTHENTICATE_SERVICE_PRINCIPAL,
@@ -20,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import requests
 import yaml
 
 from conftest import ACCEPT
@@ -39,9 +43,20 @@ def pin_group_id(spec, group_id):
     return len(params)
 
 
-def live_spec(tmp_path, up):
+@pytest.fixture(scope="module")
+def scratch_group(up, bearer):
+    r = requests.post(f"{up['control_plane_url']}/api/atlas/v2/groups", timeout=30,
+                      headers={"Accept": ACCEPT, "Content-Type": ACCEPT, "Authorization": f"Bearer {bearer}"},
+                      json={"name": f"schemathesis-{os.getpid()}", "orgId": up["org_id"]})
+    assert r.status_code == 200 or r.status_code == 201, r.text
+    group_id = r.json()["id"]
+    assert group_id != up["demo"]["group_id"]
+    return group_id
+
+
+def live_spec(tmp_path, group_id):
     spec = yaml.safe_load(SPEC.read_text())
-    assert pin_group_id(spec, up["demo"]["group_id"]) >= 1
+    assert pin_group_id(spec, group_id) >= 1
     op = spec["paths"]["/api/atlas/v2/groups/{groupId}/cloudProviderAccess"]["post"]
     assert "400" not in op["responses"] and "409" not in op["responses"], "the official spec changed: drop the overlay"
     op["responses"]["400"] = {"$ref": "#/components/responses/badRequest"}
@@ -78,16 +93,16 @@ def run(spec, up, bearer, mode, checks):
     assert out.returncode == 0, f"schemathesis ({mode} data) found failures (see the output above)"
 
 
-def test_valid_requests_get_spec_conformant_answers(up, bearer, tmp_path):
+def test_valid_requests_get_spec_conformant_answers(up, bearer, scratch_group, tmp_path):
     assert SPEC.exists(), f"{SPEC} (../shared beside the project root)"
-    run(live_spec(tmp_path, up), up, bearer, "positive", [
+    run(live_spec(tmp_path, scratch_group), up, bearer, "positive", [
         "not_a_server_error", "status_code_conformance", "content_type_conformance",
         "response_schema_conformance", "response_headers_conformance", "ignored_auth",
     ])
 
 
-def test_invalid_requests_are_refused_with_atlas_errors(up, bearer, tmp_path):
-    run(live_spec(tmp_path, up), up, bearer, "negative", [
+def test_invalid_requests_are_refused_with_atlas_errors(up, bearer, scratch_group, tmp_path):
+    run(live_spec(tmp_path, scratch_group), up, bearer, "negative", [
         "not_a_server_error", "negative_data_rejection", "content_type_conformance",
         "response_schema_conformance", "response_headers_conformance",
     ])

@@ -104,9 +104,11 @@ const CANDIDATE: [(&str, &str, Option<&str>); 6] = [
     ("azureEnvironment", "--azure-environment", None),
 ];
 
-/// Completes a candidate from up.json's demo layout (and AZURE as the environment), then
-/// names every attribute still missing at once.
-fn complete_candidate(body: &mut serde_json::Map<String, Value>, up: Option<&Value>) -> anyhow::Result<()> {
+/// Completes a candidate from up.json's demo layout (and AZURE as the environment), and
+/// returns every attribute still missing (flag names included), so that a refusal can name them
+/// all at once. They are not refused here: the dry run merges the candidate into the stored
+/// configuration, which may hold them.
+fn complete_candidate(body: &mut serde_json::Map<String, Value>, up: Option<&Value>) -> Vec<String> {
     for (name, _, pointer) in CANDIDATE {
         if body.contains_key(name) {
             continue;
@@ -122,19 +124,24 @@ fn complete_candidate(body: &mut serde_json::Map<String, Value>, up: Option<&Val
             _ => {}
         }
     }
-    let missing: Vec<String> = CANDIDATE
+    CANDIDATE
         .iter()
         .filter(|(name, _, _)| !body.contains_key(*name))
         .map(|(name, flag, _)| format!("{name} ({flag})"))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "the configuration to check lacks {}: pass them as flags, in --body, or point --up at the up.json whose \
-             demo layout has them (the role id is Step 1's ROLE in up's guide)",
+        .collect()
+}
+
+/// The hint under a failed shape check: every attribute the candidate lacked.
+fn missing_hint(report: &Value, missing: &[String]) -> Option<String> {
+    let shape_failed =
+        report["checks"].as_array().into_iter().flatten().any(|c| c["name"] == "shape" && c["status"] == "FAILED");
+    (shape_failed && !missing.is_empty()).then(|| {
+        format!(
+            "not given by flags, --body or up.json: {}. Pass them as flags, in --body, or point --up at the up.json \
+             whose demo layout has them (the role id is Step 1's ROLE in up's guide)\n",
             missing.join(", ")
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 /// `atrest doctor`: the dry run as a checklist. Exit status 1 when a check fails.
@@ -171,8 +178,13 @@ pub async fn doctor(a: DoctorArgs) -> anyhow::Result<bool> {
             body.insert(name.into(), json!(v));
         }
     }
+    // No flags and no --body: the stored configuration is checked as it is.
+    let missing = if body.is_empty() {
+        vec!["enabled: true and the whole configuration (no stored configuration to check)".to_owned()]
+    } else {
+        complete_candidate(&mut body, up.as_ref())
+    };
     if !body.is_empty() {
-        complete_candidate(&mut body, up.as_ref())?;
         if !body.contains_key("enabled") {
             body.insert("enabled".into(), json!(true));
         }
@@ -207,6 +219,9 @@ pub async fn doctor(a: DoctorArgs) -> anyhow::Result<bool> {
         );
     }
     print!("{}", render_checklist(&report));
+    if let Some(hint) = missing_hint(&report, &missing) {
+        print!("{hint}");
+    }
     Ok(report["outcome"] == "VALID")
 }
 
@@ -452,7 +467,7 @@ mod tests {
                                  "key_identifier": "https://kv.vault.azure.net/keys/k"}});
         let mut body = serde_json::Map::new();
         body.insert("roleId".into(), json!("r"));
-        complete_candidate(&mut body, Some(&up)).unwrap();
+        assert!(complete_candidate(&mut body, Some(&up)).is_empty());
         assert_eq!(
             Value::Object(body),
             json!({"roleId": "r", "subscriptionID": "s", "resourceGroupName": "rg", "keyVaultName": "kv",
@@ -461,16 +476,20 @@ mod tests {
 
         let mut body = serde_json::Map::new();
         body.insert("keyVaultName".into(), json!("kv"));
-        let e = complete_candidate(&mut body, None).unwrap_err().to_string();
-        for missing in [
+        let missing = complete_candidate(&mut body, None);
+        let failed_shape = json!({"checks": [{"name": "shape", "status": "FAILED"}]});
+        let hint = missing_hint(&failed_shape, &missing).unwrap();
+        for m in [
             "roleId (--role-id)",
             "subscriptionID (--subscription-id)",
             "resourceGroupName (--resource-group)",
             "keyIdentifier (--key-identifier)",
         ] {
-            assert!(e.contains(missing), "{missing} in {e}");
+            assert!(hint.contains(m), "{m} in {hint}");
         }
-        assert!(!e.contains("keyVaultName") && !e.contains("azureEnvironment"), "{e}");
+        assert!(!hint.contains("keyVaultName") && !hint.contains("azureEnvironment"), "{hint}");
+        let passed_shape = json!({"checks": [{"name": "shape", "status": "PASSED"}]});
+        assert_eq!(missing_hint(&passed_shape, &missing), None, "no hint when the stored configuration had them");
     }
 
     #[test]

@@ -274,8 +274,11 @@ atlas() {{
 # Every Azure host name is served at 127.0.0.1:{port}; curl reaches them this way.
 azure() {{ curl -sS --fail-with-body {ct} "$@"; }}
 
-# Step 1. Register the service principal with the project (Cloud Provider Access), keep its _id.
-ROLE=$(atlas -X POST '{url}/api/atlas/v2/groups/{group}/cloudProviderAccess' \
+# Step 1. Register the service principal with the project (Cloud Provider Access), keep its _id
+# (pasted again, this reuses the role already registered: a second POST would be 409).
+ROLE=$(atlas '{url}/api/atlas/v2/groups/{group}/cloudProviderAccess' \
+  | jq -r '[.azureServicePrincipals[] | select(.servicePrincipalId == "{sp}")][0]._id // empty')
+[ -n "$ROLE" ] || ROLE=$(atlas -X POST '{url}/api/atlas/v2/groups/{group}/cloudProviderAccess' \
   -d '{{"providerName":"AZURE","atlasAzureAppId":"{app}","servicePrincipalId":"{sp}","tenantId":"{ctid}"}}' | jq -er ._id)
 echo "role id: $ROLE"
 
@@ -288,10 +291,15 @@ TOKEN=$(azure 'https://login.microsoftonline.com/{ctid}/oauth2/v2.0/token' \
   -d scope=https://management.azure.com/.default | jq -er .access_token)
 ASSIGNMENTS=()
 for ROLEDEF in acdd72a7-3385-48ef-bd42-f606fba81ae7 12338af0-0e69-4776-bea7-57ae8d297424; do
-  ASSIGNMENTS+=("$(azure -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  # An assignment that already exists is kept (Azure answers a second one with 409 RoleAssignmentExists).
+  A=$(azure -H "Authorization: Bearer $TOKEN" \
+    "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&\$filter=principalId%20eq%20'{sp}'" \
+    | jq -r --arg d "$ROLEDEF" '[.value[] | select(.properties.roleDefinitionId | endswith($d))][0].id // empty')
+  [ -n "$A" ] || A=$(azure -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments/$(cat /proc/sys/kernel/random/uuid)?api-version=2022-04-01" \
     -d '{{"properties":{{"roleDefinitionId":"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/'"$ROLEDEF"'","principalId":"{sp}","principalType":"ServicePrincipal"}}}}' \
-    | jq -er .id)")
+    | jq -er .id)
+  ASSIGNMENTS+=("$A")
 done
 printf 'role assignment: %s\n' "${{ASSIGNMENTS[@]}}"
 

@@ -33,6 +33,11 @@ async fn bad_patches_are_refused_and_change_nothing() {
         ("unknown top-level attribute", json!({"azureKeyVaults": {}}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
         ("bad subscription UUID", json!({"azureKeyVault": {"subscriptionID": "not-a-uuid"}}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
         ("bad roleId", json!({"azureKeyVault": {"roleId": "xyz"}}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
+        // Found by schemathesis: enabled: false used to remove the configuration whatever else
+        // the body held.
+        ("bad tenantID beside enabled: false", json!({"azureKeyVault": {"enabled": false, "tenantID": "not-a-uuid"}}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
+        ("bad clientID beside enabled: false", json!({"azureKeyVault": {"enabled": false, "clientID": "x"}}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
+        ("upper-case roleId beside enabled: false", json!({"azureKeyVault": {"enabled": false, "roleId": "0123456789ABCDEF01234567"}}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
         ("unknown roleId", json!({"azureKeyVault": {"roleId": "0123456789abcdef01234567"}}).to_string(), StatusCode::NOT_FOUND, "CLOUD_PROVIDER_ACCESS_ROLE_NOT_FOUND"),
         ("http keyIdentifier", kid_with(&t.kid.replace("https://", "http://")), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
         ("suffix of another cloud", kid_with(&t.kid.replace("vault.azure.net", "vault.azure.cn")), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),

@@ -120,6 +120,36 @@ fn parse_azure(mut f: Fields) -> ApiResult<AzurePatch> {
     };
     f.ignore("valid");
     f.finish()?;
+    // The spec's formats hold whatever else the body says (even with enabled: false, which
+    // removes the configuration): a request that breaks them changes nothing. An empty string
+    // is what clients send for an unset value, so it passes.
+    for (field, v, what) in [
+        ("azureKeyVault.clientID", &p.client_id, "the application (client) id of your Entra app, a UUID"),
+        (
+            "azureKeyVault.tenantID",
+            &p.tenant_id,
+            "your Entra tenant id, a UUID: `az account show --query tenantId -o tsv`",
+        ),
+        (
+            "azureKeyVault.subscriptionID",
+            &p.subscription_id,
+            "the vault's subscription id, a UUID: `az account show --query id -o tsv`",
+        ),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty())
+            && v.parse::<atrest_domain::AzureUuid>().is_err()
+        {
+            return Err(ApiError::invalid_attribute(field, format!("'{v}' is not a UUID: send {what}")));
+        }
+    }
+    if let Some(v) = p.role_id.as_deref()
+        && !(v.len() == 24 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err(ApiError::invalid_attribute(
+            "azureKeyVault.roleId",
+            format!("'{v}' is not a role id (24 lowercase hex characters): use the _id from POST /cloudProviderAccess"),
+        ));
+    }
     Ok(p)
 }
 
