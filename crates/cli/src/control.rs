@@ -184,10 +184,8 @@ pub async fn doctor(a: DoctorArgs) -> anyhow::Result<bool> {
     } else {
         complete_candidate(&mut body, up.as_ref())
     };
-    if !body.is_empty() {
-        if !body.contains_key("enabled") {
-            body.insert("enabled".into(), json!(true));
-        }
+    if !body.is_empty() && !body.contains_key("enabled") {
+        body.insert("enabled".into(), json!(true));
     }
     let http = reqwest::Client::builder().build()?;
     let token: Value = http
