@@ -1,0 +1,24 @@
+//! The atrest data node.
+//!
+//! A node keeps every byte it stores encrypted under keys that only the customer's Key Vault key
+//! unlocks: customer key (Key Vault RSA) → node master key ([`keystore`]) → data keys → engine
+//! pages ([`engine`]). The node core knows nothing of how an engine stores; an engine knows
+//! nothing of Key Vault.
+//!
+//! **Invariants:**
+//! - An unwrapped key exists only in memory, in [`secret::KeyBytes`] (zeroized on drop, redacted
+//!   in `Debug`); it is never logged, returned or written to disk.
+//! - The customer key is used only through Key Vault `encrypt`/`decrypt` with RSA-OAEP-256: the
+//!   seeds' minimum permissions are `get`, `encrypt`, `decrypt`.
+//! - `keystore.json` changes only by an atomic, durable replace: at every instant the file on
+//!   disk opens with the customer key.
+
+pub mod engine;
+pub mod keystore;
+pub mod persist;
+pub mod secret;
+
+pub use engine::sqlcipher::{BatchOp, BatchResult, Document, Durability, Encryption, Page, SqlCipherEngine};
+pub use engine::{Engine, EngineError, Health};
+pub use keystore::{DataKeys, Keystore, KeystoreError, Unlocked};
+pub use secret::KeyBytes;
