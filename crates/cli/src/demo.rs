@@ -5,7 +5,8 @@
 //! ([`atrest_emulator::scenario`]), the control plane is started exactly as `atrest serve`
 //! starts it (configured to reach the emulator through an endpoint override), and the guide
 //! walks the seeds' flow against both with curl. Everything is recorded under `DATA_DIR`; a
-//! second `up` on the same directory reuses it. When ready, `up` writes `DATA_DIR/up.json`
+//! second `up` on the same directory reuses it, and one killed while making the demo layout
+//! finishes that layout from `demo.partial.json` instead of starting another. When ready, `up` writes `DATA_DIR/up.json`
 //! (mode 0600), the contract external tests read.
 
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use serde_json::json;
 use atrest_azure::{Transport, TransportConfig};
 use atrest_control::{Config, ControlPlane};
 pub use atrest_emulator::scenario::DemoLayout;
-use atrest_emulator::scenario::create_demo_layout;
+use atrest_emulator::scenario::{DemoProgress, resume_demo_layout};
 use atrest_emulator::{Emulator, EmulatorConfig};
 
 /// A client that reaches every Azure host name at the emulator and trusts only its CA: the
@@ -118,9 +119,28 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         eprintln!("[2/4] reusing the demo layout in {}", layout_path.display());
         serde_json::from_slice(&std::fs::read(&layout_path)?)?
     } else {
-        eprintln!("[2/4] creating the demo layout (tenants, platform app, vault, key) ...");
-        let l = create_demo_layout(&http, &emu.info().bootstrap).await?;
+        // Every step is recorded in demo.partial.json as it completes: a run killed half-way
+        // finishes the same layout on the next start instead of leaving orphans behind.
+        let partial_path = data_dir.join("demo.partial.json");
+        let progress: DemoProgress = match std::fs::read(&partial_path) {
+            Ok(b) => {
+                eprintln!("[2/4] finishing the demo layout a previous run started ({}) ...", partial_path.display());
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("{} is not a demo layout journal: delete it", partial_path.display()))?
+            }
+            Err(_) => {
+                eprintln!("[2/4] creating the demo layout (tenants, platform app, vault, key) ...");
+                DemoProgress::default()
+            }
+        };
+        let mut save = |p: &DemoProgress| -> anyhow::Result<()> {
+            atrest_control::files::write_private(&partial_path, &serde_json::to_vec_pretty(p)?)?;
+            atrest_control::bootstrap::failpoint(&format!("demo-layout-after-step-{}", p.steps_done()));
+            Ok(())
+        };
+        let l = resume_demo_layout(&http, &emu.info().bootstrap, progress, &mut save).await?;
         atrest_control::files::write_private(&layout_path, &serde_json::to_vec_pretty(&l)?)?;
+        let _ = std::fs::remove_file(&partial_path);
         l
     };
 

@@ -58,3 +58,53 @@ fn up_writes_its_config_for_admin_and_logs_without_colour_off_a_terminal() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("atrest admin --up DATA_DIR"));
     assert!(!cwd.path().join(".atrest").exists(), "admin created ./.atrest");
 }
+
+fn tenants_in(data: &std::path::Path) -> usize {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(data.join("emulator").join("state.json")).unwrap()).unwrap();
+    state["tenants"].as_object().expect("tenants in the emulator's state.json").len()
+}
+
+/// Killed (abort, as kill -9) after each step of the demo layout in turn, `up` finishes the
+/// same layout on the next start: the emulator ends with as many tenants as one clean run
+/// makes, and the finished layout is the one the journal started.
+#[test]
+fn a_demo_layout_killed_at_any_step_is_finished_not_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = |data: &std::path::Path, failpoint: Option<String>| {
+        let mut c = Command::new(ATREST);
+        c.args(["up", "--no-wait", "--data-dir"]).arg(data).env_remove("ATREST_KEK").env("NO_COLOR", "1");
+        match failpoint {
+            Some(f) => c.env("ATREST_FAILPOINT", f),
+            None => c.env_remove("ATREST_FAILPOINT"),
+        };
+        c.output().unwrap()
+    };
+    let clean = dir.path().join("clean");
+    let out = up(&clean, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = tenants_in(&clean);
+
+    let data = dir.path().join("killed");
+    let mut vault = None;
+    for step in 1..=7 {
+        let out = up(&data, Some(format!("demo-layout-after-step-{step}")));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "step {step}: expected the failpoint to stop up: {stderr}");
+        assert!(stderr.contains(&format!("aborting at demo-layout-after-step-{step}")), "{stderr}");
+        assert!(!data.join("up.json").exists() && !data.join("demo.json").exists());
+        let partial: Value = serde_json::from_slice(&std::fs::read(data.join("demo.partial.json")).unwrap()).unwrap();
+        if step > 1 {
+            assert!(stderr.contains("finishing the demo layout a previous run started"), "{stderr}");
+        }
+        if let Some(v) = partial["vault"].as_str() {
+            assert_eq!(*vault.get_or_insert(v.to_owned()), v, "the vault name changed on resume");
+        }
+    }
+    let out = up(&data, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!data.join("demo.partial.json").exists(), "the journal is removed once demo.json is written");
+    let layout: Value = serde_json::from_slice(&std::fs::read(data.join("demo.json")).unwrap()).unwrap();
+    assert_eq!(layout["customer_vault"].as_str(), vault.as_deref());
+    assert_eq!(tenants_in(&data), expected, "orphan tenants were left by the killed runs");
+}

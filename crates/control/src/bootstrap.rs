@@ -134,7 +134,7 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<Option<BootstrapInfo>> {
 /// bootstrap between each pair of writes this way (an abort skips every destructor and flush,
 /// as kill -9 does). Hand-written rather than the `fail` crate: one env lookup per step of a
 /// once-per-data-dir operation needs no registry or feature flag.
-fn failpoint(step: &str) {
+pub fn failpoint(step: &str) {
     if std::env::var("ATREST_FAILPOINT").is_ok_and(|v| v == step) {
         eprintln!("ATREST_FAILPOINT: aborting at {step}");
         std::process::abort();

@@ -201,6 +201,23 @@ impl Customer {
         self.az.call(method, &format!("https://management.azure.com{path_and_query}"), &token, body, what).await
     }
 
+    /// `az ad sp list --filter "appId eq '<app_id>'"`: the app's service principal in this
+    /// tenant, if there is one.
+    pub async fn find_service_principal(&self, app_id: &str) -> anyhow::Result<Option<String>> {
+        let token = self.az.token(&self.admin, GRAPH_SCOPE).await?;
+        let list = self
+            .az
+            .call(
+                reqwest::Method::GET,
+                &format!("https://graph.microsoft.com/v1.0/servicePrincipals?$filter=appId%20eq%20'{app_id}'"),
+                &token,
+                None,
+                "az ad sp list (Graph GET servicePrincipals)",
+            )
+            .await?;
+        Ok(list["value"].as_array().and_then(|v| v.first()).and_then(|sp| sp["id"].as_str()).map(str::to_string))
+    }
+
     /// `az ad sp create --id <app_id>`: the app's service principal in this tenant; returns its object id.
     pub async fn create_service_principal(&self, app_id: &str) -> anyhow::Result<String> {
         let token = self.az.token(&self.admin, GRAPH_SCOPE).await?;
@@ -425,24 +442,127 @@ pub struct DemoLayout {
     pub platform_sp_in_customer: String,
 }
 
+/// How far a demo layout got: saved after every step, so that a run killed half-way finishes
+/// the same layout instead of leaving orphan tenants and vaults behind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DemoProgress {
+    pub platform: Option<Platform>,
+    pub customer: Option<PrincipalInfo>,
+    pub platform_sp_in_customer: Option<String>,
+    pub resource_group_created: bool,
+    /// Chosen and saved before the vault is created (a PUT, so creating it again is harmless).
+    pub vault: Option<String>,
+    pub vault_resource_id: Option<String>,
+    pub key_id: Option<String>,
+}
+
+impl DemoProgress {
+    /// How many of the layout's seven steps are recorded.
+    pub fn steps_done(&self) -> usize {
+        [
+            self.platform.is_some(),
+            self.customer.is_some(),
+            self.platform_sp_in_customer.is_some(),
+            self.resource_group_created,
+            self.vault.is_some(),
+            self.vault_resource_id.is_some(),
+            self.key_id.is_some(),
+        ]
+        .iter()
+        .filter(|d| **d)
+        .count()
+    }
+}
+
+const DEMO_RG: &str = "atrest-demo";
+
 /// Creates the demo layout.
 pub async fn create_demo_layout(http: &reqwest::Client, emulator_admin: &PrincipalInfo) -> anyhow::Result<DemoLayout> {
+    resume_demo_layout(http, emulator_admin, DemoProgress::default(), &mut |_| Ok(())).await
+}
+
+/// Creates the demo layout from `progress` on, calling `save` after every step. Each step is
+/// either recorded before it acts (the vault name) or looked up when it may have happened
+/// unrecorded (the service principal, found by appId), so that resuming never duplicates one;
+/// the one window left is a kill between a tenant's creation and its `save` (a tenant nobody
+/// uses, not a broken layout).
+pub async fn resume_demo_layout(
+    http: &reqwest::Client,
+    emulator_admin: &PrincipalInfo,
+    mut progress: DemoProgress,
+    save: &mut dyn FnMut(&DemoProgress) -> anyhow::Result<()>,
+) -> anyhow::Result<DemoLayout> {
     let az = Azure::new(http.clone());
-    let platform = create_platform(&az, emulator_admin).await?;
-    let customer = Customer::create(&az, emulator_admin, "Contoso (customer)").await?;
-    let sp = customer.create_service_principal(&platform.app_id).await?;
-    let rg = "atrest-demo";
-    customer.create_resource_group(rg).await?;
-    let vault = format!("atrest{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let vault_id = customer.create_vault(rg, &vault, VaultAuth::Rbac, true).await?;
-    let kid = customer.create_key(&vault, "atrest-cmk", None).await?;
+    let platform = match progress.platform.clone() {
+        Some(p) => p,
+        None => {
+            let p = create_platform(&az, emulator_admin).await?;
+            progress.platform = Some(p.clone());
+            save(&progress)?;
+            p
+        }
+    };
+    let customer = match progress.customer.clone() {
+        Some(admin) => Customer { az: az.clone(), admin },
+        None => {
+            let c = Customer::create(&az, emulator_admin, "Contoso (customer)").await?;
+            progress.customer = Some(c.admin.clone());
+            save(&progress)?;
+            c
+        }
+    };
+    let sp = match progress.platform_sp_in_customer.clone() {
+        Some(sp) => sp,
+        None => {
+            let sp = match customer.find_service_principal(&platform.app_id).await? {
+                Some(sp) => sp,
+                None => customer.create_service_principal(&platform.app_id).await?,
+            };
+            progress.platform_sp_in_customer = Some(sp.clone());
+            save(&progress)?;
+            sp
+        }
+    };
+    if !progress.resource_group_created {
+        customer.create_resource_group(DEMO_RG).await?;
+        progress.resource_group_created = true;
+        save(&progress)?;
+    }
+    let vault = match progress.vault.clone() {
+        Some(v) => v,
+        None => {
+            let v = format!("atrest{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+            progress.vault = Some(v.clone());
+            save(&progress)?;
+            v
+        }
+    };
+    let vault_id = match progress.vault_resource_id.clone() {
+        Some(id) => id,
+        None => {
+            let id = customer.create_vault(DEMO_RG, &vault, VaultAuth::Rbac, true).await?;
+            progress.vault_resource_id = Some(id.clone());
+            save(&progress)?;
+            id
+        }
+    };
+    // A key created but not recorded is created again: a second version of the same key.
+    let kid = match progress.key_id.clone() {
+        Some(k) => k,
+        None => {
+            let k = customer.create_key(&vault, "atrest-cmk", None).await?;
+            progress.key_id = Some(k.clone());
+            save(&progress)?;
+            k
+        }
+    };
     Ok(DemoLayout {
         platform_tenant: platform.tenant,
         platform_app_id: platform.app_id,
         platform_cert_pem: platform.cert_pem,
         platform_key_pem: platform.key_pem,
         customer_tenant: customer.admin,
-        customer_resource_group: rg.to_string(),
+        customer_resource_group: DEMO_RG.to_string(),
         customer_vault: vault,
         customer_vault_resource_id: vault_id,
         customer_key_id: kid,
