@@ -178,6 +178,11 @@ async fn patch_cloud_provider_access_role_proves_the_principal_again() {
     // for the tenant (a fresh one) must ask Entra again, and Entra now refuses.
     env.emulator_admin(Method::PATCH, &format!("service-principals/{}", t.sp), Some(json!({"account_enabled": false})))
         .await;
+    // The replica that proved it a moment ago holds a cached token for the tenant: the proof
+    // must still come from Entra, which now refuses.
+    let (s, e) = env.atlas(Method::PATCH, &path, Some(body.clone())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a cached token passed for a disabled principal: {e}");
+    assert_eq!(e["errorCode"], "CANNOT_AUTHENTICATE_SERVICE_PRINCIPAL", "{e}");
     let fresh = env.replica().await;
     let on_fresh = |method: Method, body: Option<Value>| {
         let rb =

@@ -157,6 +157,15 @@ async fn prove_service_principal(
     raw_sp: &str,
 ) -> ApiResult<()> {
     let client = state.platform.secretless()?;
+    // A proof must come from Entra now: a cached token was issued before the customer may have
+    // disabled or deleted the service principal, so drop it first (one extra token request per
+    // registration or PATCH, which are rare).
+    let key = client.tokens().cache_key(
+        AzureEnvironment::Azure,
+        tenant,
+        &format!("{}/.default", AzureEnvironment::Azure.arm_resource()),
+    );
+    client.tokens().cache().invalidate(&key);
     let token = client.tokens().arm_token(AzureEnvironment::Azure, tenant).await;
     let token = match token {
         Ok(t) => {
