@@ -51,6 +51,9 @@ async fn bad_patches_are_refused_and_change_nothing() {
             "INVALID_ATTRIBUTE",
         ),
         ("AWS configured", json!({"awsKms": {"enabled": true, "customerMasterKeyID": "k"}}).to_string(), StatusCode::BAD_REQUEST, "CLOUD_PROVIDER_NOT_SUPPORTED"),
+        // Found by schemathesis: "" breaks the spec's minLength 16.
+        ("empty AWS accessKeyID", json!({"awsKms": {"accessKeyID": ""}, "enabledForSearchNodes": false}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
+        ("empty GCP roleId", json!({"googleCloudKms": {"enabled": false, "roleId": ""}}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
         ("search nodes", json!({"enabledForSearchNodes": true}).to_string(), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
         (
             "oversized body",

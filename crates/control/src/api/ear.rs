@@ -163,6 +163,16 @@ fn check_unsupported_block(name: &str, provider: &str, f: Option<Fields>, known:
             continue;
         }
         let v = f.take_raw(field);
+        // The spec gives these a minimum length, a pattern or an enum that "" breaks, so an
+        // empty one is a malformed request, not an unset value (schemathesis found one).
+        if matches!(&v, Some(Value::String(s)) if s.is_empty())
+            && matches!(*field, "accessKeyID" | "customerMasterKeyID" | "region" | "roleId")
+        {
+            return Err(ApiError::invalid_attribute(
+                &format!("{name}.{field}"),
+                format!("it is empty, which the API does not allow: leave it out (atrest offers Azure Key Vault only; send {name} as {{\"enabled\": false}})"),
+            ));
+        }
         configures |= match v {
             None | Some(Value::Null) | Some(Value::Bool(false)) => false,
             Some(Value::String(s)) => !s.is_empty(),
