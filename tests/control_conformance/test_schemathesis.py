@@ -84,7 +84,7 @@ def run(spec, up, bearer, mode, checks):
         "--checks", ",".join(checks),
         "--mode", mode,
         "--max-examples", os.environ.get("ATREST_SCHEMATHESIS_EXAMPLES", "40"),
-        "--seed", "1",
+        "--seed", os.environ.get("ATREST_SCHEMATHESIS_SEED", "1"),
         "--no-color",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)

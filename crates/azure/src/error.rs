@@ -111,7 +111,8 @@ pub struct Error {
 
 impl Error {
     /// A new error; `retryable` is derived from the kind (unreachable and throttled only).
-    pub(crate) fn new(kind: ErrorKind, service: Service, message: impl Into<String>) -> Self {
+    /// Public for [`crate::token::TokenSource`]s, which relay errors another process got.
+    pub fn new(kind: ErrorKind, service: Service, message: impl Into<String>) -> Self {
         Self {
             kind,
             service,
@@ -131,22 +132,26 @@ impl Error {
         Self::new(ErrorKind::Misconfigured, Service::Local, message)
     }
 
-    pub(crate) fn with_status(mut self, status: u16) -> Self {
+    /// The HTTP status the service answered with.
+    pub fn with_status(mut self, status: u16) -> Self {
         self.status = Some(status);
         self
     }
 
-    pub(crate) fn with_code(mut self, code: impl Into<String>) -> Self {
+    /// Azure's error code.
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
         self
     }
 
-    pub(crate) fn with_remediation(mut self, remediation: impl Into<String>) -> Self {
+    /// What to do about it (an exact command, when known).
+    pub fn with_remediation(mut self, remediation: impl Into<String>) -> Self {
         self.remediation = Some(remediation.into());
         self
     }
 
-    pub(crate) fn with_aadsts(mut self, code: u32) -> Self {
+    /// The Entra AADSTS code.
+    pub fn with_aadsts(mut self, code: u32) -> Self {
         self.aadsts = Some(code);
         self
     }

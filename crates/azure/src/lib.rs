@@ -38,6 +38,6 @@ pub use credential::{AssertionAlgorithm, CertificateCredential, ClientCredential
 pub use error::{Error, ErrorKind, Service};
 pub use keyvault::{Ciphertext, EncryptionAlgorithm, KeyProperties, KeyVaultClient, KeyVersionInfo, Plaintext};
 pub use retry::RetryPolicy;
-pub use token::TokenProvider;
+pub use token::{TokenProvider, TokenSource};
 pub use token_cache::{AccessToken, CacheKey, TokenCache, TokenCacheStats};
 pub use transport::{EndpointOverride, Transport, TransportConfig};

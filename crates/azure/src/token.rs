@@ -32,9 +32,33 @@ pub struct TokenProvider {
 #[derive(Debug)]
 struct Inner {
     transport: Transport,
-    credential: ClientCredential,
+    source: Source,
     cache: Arc<TokenCache>,
     retry: RetryPolicy,
+}
+
+/// Where tokens come from.
+#[derive(Debug)]
+enum Source {
+    /// This process holds the app credential and asks Entra.
+    Entra(ClientCredential),
+    /// This process holds no credential and asks someone who does (a data node asks its
+    /// control plane). The cache, single flight and refresh-on-401 work the same.
+    External { client_id: AzureUuid, source: Arc<dyn TokenSource> },
+}
+
+/// A source of access tokens for a process that holds no Azure credential of its own: a data
+/// node gets its Key Vault tokens from the control plane, which never hands the platform
+/// credential out. Errors keep Azure's kinds, so a denial relayed by the control plane stops a
+/// node and an outage does not.
+pub trait TokenSource: Send + Sync + std::fmt::Debug {
+    /// A token for `scope` in `tenant`, fetched now (the caller caches it).
+    fn fetch<'a>(
+        &'a self,
+        environment: AzureEnvironment,
+        tenant: &'a AzureUuid,
+        scope: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<AccessToken, Error>>;
 }
 
 /// The success body. `expires_in` is a number in Entra's answers, but some proxies and older
@@ -55,12 +79,27 @@ enum NumberOrString {
 impl TokenProvider {
     /// A provider for `credential`, caching in `cache` (share one cache per process).
     pub fn new(transport: Transport, credential: ClientCredential, cache: Arc<TokenCache>, retry: RetryPolicy) -> Self {
-        Self { inner: Arc::new(Inner { transport, credential, cache, retry }) }
+        Self { inner: Arc::new(Inner { transport, source: Source::Entra(credential), cache, retry }) }
+    }
+
+    /// A provider whose tokens come from `source` (no credential in this process), reported as
+    /// belonging to the app `client_id`. `transport` is still the one Key Vault is called with.
+    pub fn external(
+        transport: Transport,
+        client_id: AzureUuid,
+        source: Arc<dyn TokenSource>,
+        cache: Arc<TokenCache>,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { transport, source: Source::External { client_id, source }, cache, retry }) }
     }
 
     /// The application (client) id.
     pub fn client_id(&self) -> &AzureUuid {
-        self.inner.credential.client_id()
+        match &self.inner.source {
+            Source::Entra(c) => c.client_id(),
+            Source::External { client_id, .. } => client_id,
+        }
     }
 
     /// The cache it shares.
@@ -154,9 +193,16 @@ impl Inner {
         tenant: &AzureUuid,
         scope: &str,
     ) -> Result<AccessToken, Error> {
+        let credential = match &self.source {
+            Source::Entra(c) => c,
+            Source::External { source, .. } => {
+                self.cache.count_request();
+                return source.fetch(environment, tenant, scope).await;
+            }
+        };
         let tenant_str = tenant.to_string();
         let token_url = format!("https://{}/{tenant_str}/oauth2/v2.0/token", environment.login_host());
-        tracing::debug!(tenant = %tenant, client_id = %self.credential.client_id(), scope, "requesting an Entra token");
+        tracing::debug!(tenant = %tenant, client_id = %credential.client_id(), scope, "requesting an Entra token");
         let result = self
             .retry
             .run(|time_left| {
@@ -165,7 +211,7 @@ impl Inner {
                 async move {
                     // Built per attempt: a fresh assertion (new jti, current nbf), and the
                     // federated token file as it is now.
-                    let form = self.credential.token_form(token_url, scope).await?;
+                    let form = credential.token_form(token_url, scope).await?;
                     let fields: Vec<(&str, &str)> = form.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
                     self.cache.count_request();
                     let sent_at = Instant::now();
@@ -189,7 +235,7 @@ impl Inner {
                     let ctx = RequestContext {
                         environment,
                         tenant: tenant_str,
-                        client_id: self.credential.client_id(),
+                        client_id: credential.client_id(),
                         scope,
                         federated: form.federated_issuer_subject.as_ref(),
                     };
@@ -199,7 +245,7 @@ impl Inner {
             .await;
         if let Err(e) = &result {
             // The error carries codes and messages only; nothing secret.
-            tracing::info!(tenant = %tenant, client_id = %self.credential.client_id(), scope, error = %e, "Entra refused a token");
+            tracing::info!(tenant = %tenant, client_id = %credential.client_id(), scope, error = %e, "Entra refused a token");
         }
         result
     }
