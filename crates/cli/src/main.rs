@@ -7,6 +7,7 @@ mod bench;
 mod bench_control;
 mod control;
 mod demo;
+mod node;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +85,9 @@ enum Command {
         #[command(subcommand)]
         cmd: control::Admin,
     },
+    /// Run a data node: join a cluster, unlock its data with the customer's Key Vault key and
+    /// serve the data API; it shuts down when access is denied and recovers when it returns.
+    Node(node::NodeArgs),
     /// Benchmarks that print a figure next to a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Admin { target, cmd } => control::admin(target, cmd).await,
+            Command::Node(args) => node::run(args).await,
             Command::Bench { which } => bench::run(which).await,
         }
     })

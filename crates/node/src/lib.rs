@@ -13,12 +13,19 @@
 //! - `keystore.json` changes only by an atomic, durable replace: at every instant the file on
 //!   disk opens with the customer key.
 
+pub mod control;
+pub mod data_api;
 pub mod engine;
+pub mod identity;
 pub mod keystore;
 pub mod persist;
+pub mod runtime;
 pub mod secret;
+pub mod server;
+pub mod tokens;
 
 pub use engine::sqlcipher::{BatchOp, BatchResult, Document, Durability, Encryption, Page, SqlCipherEngine};
 pub use engine::{Engine, EngineError, Health};
 pub use keystore::{DataKeys, Keystore, KeystoreError, Unlocked};
+pub use runtime::{Gate, NodeError, NodeHandle, NodeOptions, NodeState, Status};
 pub use secret::KeyBytes;

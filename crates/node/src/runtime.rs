@@ -1,0 +1,700 @@
+//! The node's lifecycle: join, unlock, serve, check, shut down, recover.
+//!
+//! ```text
+//!            unlock ok                 check: unreachable
+//!  LOCKED ─────────────▶ SERVING ◀──────────────────────▶ DEGRADED (still serving)
+//!    ▲  unlock: denied      │ ▲ check ok (unlock again)
+//!    │  ─────────────▶      ▼ │
+//!    └──────────────── SHUT_DOWN (keys dropped, engine closed)
+//!                       check: denied, after the denial grace
+//! ```
+//!
+//! One task (the supervisor) owns the keystore and the unlocked keys; nothing else touches
+//! them. A second task long-polls the control plane's configuration and hands each new one to
+//! the supervisor through a `watch` channel. The data API reads only the published [`Status`]
+//! and the data-credential hashes, and the engine itself refuses work once closed, so a request
+//! racing a shutdown is refused by the engine, never served with a dropped key.
+//!
+//! **Denied is not unreachable** (as Atlas): only an answer from Azure that refuses the key
+//! (401/403, key disabled, deleted, expired, not found; Entra refusing the token) shuts the node
+//! down. Azure not answering, the control plane not answering, 429 and 5xx leave it serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atrest_azure::{
+    EndpointOverride, KeyVaultClient, RetryPolicy, TokenCache, TokenProvider, Transport, TransportConfig,
+};
+use atrest_domain::{AzureUuid, KeyIdentifier};
+use parking_lot::RwLock;
+use secrecy::SecretString;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::{Notify, watch};
+
+use crate::control::{
+    ConfigPoll, ControlClient, ControlError, DataCredentialHash, NodeConfig, ReportedError, StatusReport,
+};
+use crate::engine::Engine;
+use crate::identity::{self, Identity};
+use crate::keystore::{Keystore, KeystoreError, Unlocked};
+use crate::tokens::{ControlPlaneTokens, REVOKED_CODE};
+
+/// A node's state, as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NodeState {
+    /// No key in memory yet (first start, or the control plane / Key Vault not reached).
+    Locked,
+    /// Keys in memory, engine open, checks pass.
+    Serving,
+    /// Serving, but the last check could not reach Key Vault (or the control plane for a token).
+    Degraded,
+    /// Access was denied: keys dropped, engine closed, the data API refuses with the reason.
+    ShutDown,
+}
+
+impl NodeState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Locked => "LOCKED",
+            Self::Serving => "SERVING",
+            Self::Degraded => "DEGRADED",
+            Self::ShutDown => "SHUT_DOWN",
+        }
+    }
+
+    /// Whether the data API serves in this state.
+    pub fn serves(self) -> bool {
+        matches!(self, Self::Serving | Self::Degraded)
+    }
+}
+
+/// What the node publishes about itself (the data API's `/v1/status`, the reports).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub node_id: String,
+    pub state: NodeState,
+    pub key_identifier: Option<String>,
+    pub key_version: Option<String>,
+    pub auth_mode: Option<String>,
+    pub master_key_generation: Option<u32>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_check_at: Option<OffsetDateTime>,
+    pub last_error: Option<ReportedError>,
+    pub via: &'static str,
+}
+
+/// How a node is started.
+#[derive(Clone)]
+pub struct NodeOptions {
+    /// Where the keystore, the identity and the engine's files live.
+    pub data_dir: PathBuf,
+    /// The control plane's base URL (used to join; afterwards the one in `node.json`).
+    pub control_plane: String,
+    /// Extra CA to trust for the control plane (PEM).
+    pub control_plane_ca_pem: Option<String>,
+    /// Needed on first start only.
+    pub join_token: Option<SecretString>,
+    /// The data API's URL, as the control plane should list it.
+    pub data_url: String,
+    /// How Azure is reached (the endpoint override for the emulator). Under private
+    /// networking the override's address is replaced by the private endpoint's.
+    pub azure: TransportConfig,
+    /// Retries for Key Vault calls. Kept short: a check must end well inside the interval.
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("data_dir", &self.data_dir)
+            .field("control_plane", &self.control_plane)
+            .field("data_url", &self.data_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default retry budget of a node's Key Vault calls.
+pub fn node_retry() -> RetryPolicy {
+    RetryPolicy { total: Duration::from_secs(5), max_attempts: 3, ..RetryPolicy::default() }
+}
+
+/// Why a node could not start or stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityError),
+    #[error("{0}")]
+    Keystore(#[from] KeystoreError),
+    #[error(
+        "this data dir has not joined a cluster: pass --join-token (make one with `atrest admin create-join-token --group <groupId> --cluster <name>` or POST /api/atrest/v1/groups/{{groupId}}/clusters/{{name}}/joinTokens)"
+    )]
+    NeedsJoinToken,
+    #[error("joining failed: {0}")]
+    Join(ControlError),
+    #[error(
+        "the control plane revoked this node ({0}); its keys were dropped. Join a fresh data dir with a new join token"
+    )]
+    Revoked(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What the data API needs of the node: its status and who may use it.
+#[derive(Debug)]
+pub struct Gate {
+    status: RwLock<Status>,
+    data_credentials: RwLock<Vec<DataCredentialHash>>,
+    changed: Notify,
+}
+
+impl Gate {
+    pub(crate) fn new(node_id: &str) -> Self {
+        Self {
+            status: RwLock::new(Status {
+                node_id: node_id.to_string(),
+                state: NodeState::Locked,
+                key_identifier: None,
+                key_version: None,
+                auth_mode: None,
+                master_key_generation: None,
+                last_check_at: None,
+                last_error: None,
+                via: "PUBLIC",
+            }),
+            data_credentials: RwLock::new(Vec::new()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The status now.
+    pub fn status(&self) -> Status {
+        self.status.read().clone()
+    }
+
+    /// Waits until the status next changes.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Whether `credential` is one of the cluster's data credentials (SHA-256 compared in
+    /// constant time).
+    pub fn accepts(&self, credential: &str) -> bool {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, credential.as_bytes());
+        let hex = hex::encode(digest.as_ref());
+        self.data_credentials
+            .read()
+            .iter()
+            .any(|c| aws_lc_rs::constant_time::verify_slices_are_equal(c.sha256.as_bytes(), hex.as_bytes()).is_ok())
+    }
+
+    pub(crate) fn set_data_credentials(&self, credentials: Vec<DataCredentialHash>) {
+        *self.data_credentials.write() = credentials;
+    }
+
+    pub(crate) fn publish(&self, f: impl FnOnce(&mut Status)) {
+        let changed = {
+            let mut s = self.status.write();
+            let before = s.clone();
+            f(&mut s);
+            *s != before
+        };
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    gate: Arc<Gate>,
+    identity: Identity,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    done: tokio::sync::oneshot::Receiver<NodeError>,
+    engine: Arc<dyn Engine>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+impl NodeHandle {
+    /// The status and credential gate, for the data API.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// Who the node is.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Waits until the node stops for good (revoked); returns why.
+    pub async fn stopped(&mut self) -> NodeError {
+        match (&mut self.done).await {
+            Ok(e) => e,
+            Err(_) => NodeError::Setup("the node's supervisor ended".into()),
+        }
+    }
+
+    /// Stops the node: its tasks end, the engine is closed and the keys are dropped.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = self.engine.close();
+    }
+}
+
+/// Joins (first start) or loads the identity, then starts the supervisor and the config poller.
+pub async fn start(options: NodeOptions, engine: Arc<dyn Engine>) -> Result<NodeHandle, NodeError> {
+    let client = ControlClient::new(&options.control_plane, options.control_plane_ca_pem.as_deref())
+        .map_err(NodeError::Setup)?;
+    let (identity, credential) = match identity::load(&options.data_dir)? {
+        Some(found) => found,
+        None => {
+            let token = options.join_token.as_ref().ok_or(NodeError::NeedsJoinToken)?;
+            let joined = client.join(token, &options.data_url).await.map_err(NodeError::Join)?;
+            let identity = Identity {
+                node_id: joined.node_id,
+                group_id: joined.group_id,
+                cluster_name: joined.cluster_name,
+                cluster_id: joined.cluster_id,
+                control_plane: options.control_plane.clone(),
+            };
+            identity::save(&options.data_dir, &identity, &joined.node_credential)?;
+            tracing::info!(node_id = %identity.node_id, cluster = %identity.cluster_name, "joined the cluster");
+            (identity, joined.node_credential)
+        }
+    };
+    // The keystore is read before anything is served: a corrupt one stops the start.
+    let keystore = Keystore::load(&options.data_dir)?;
+    if let Some(ks) = &keystore
+        && ks.node_id() != identity.node_id
+    {
+        return Err(NodeError::Setup(format!(
+            "the keystore in {} belongs to node {}, but this data dir joined as {}: restore the matching node.json",
+            options.data_dir.display(),
+            ks.node_id(),
+            identity.node_id
+        )));
+    }
+    let client = ControlClient::new(&identity.control_plane, options.control_plane_ca_pem.as_deref())
+        .map_err(NodeError::Setup)?
+        .with_credential(credential);
+    let gate = Arc::new(Gate::new(&identity.node_id));
+    let (config_tx, config_rx) = watch::channel(None);
+    let control_state = Arc::new(RwLock::new(None::<String>));
+    let revoked = Arc::new(Notify::new());
+    let revoked_why = Arc::new(RwLock::new(String::new()));
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+
+    let poller = tokio::spawn(poll_config(
+        client.clone(),
+        config_tx,
+        control_state.clone(),
+        revoked.clone(),
+        revoked_why.clone(),
+    ));
+    let supervisor = Supervisor {
+        options,
+        identity: identity.clone(),
+        client,
+        gate: gate.clone(),
+        engine: engine.clone(),
+        keystore,
+        unlocked: None,
+        kv: None,
+        denied_since: None,
+        seen_rotation_nonce: None,
+        control_state,
+    };
+    let sup = tokio::spawn(supervisor.run(config_rx, revoked, revoked_why, done_tx));
+    Ok(NodeHandle { gate, identity, tasks: vec![poller, sup], done, engine })
+}
+
+/// Long-polls the configuration; publishes each new one.
+async fn poll_config(
+    client: ControlClient,
+    tx: watch::Sender<Option<(Box<NodeConfig>, Option<String>)>>,
+    control_state: Arc<RwLock<Option<String>>>,
+    revoked: Arc<Notify>,
+    revoked_why: Arc<RwLock<String>>,
+) {
+    let mut etag: Option<String> = None;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let wait = if etag.is_some() { Duration::from_secs(30) } else { Duration::ZERO };
+        match client.config(etag.as_deref(), wait).await {
+            Ok(ConfigPoll::Changed(cfg, tag)) => {
+                *control_state.write() = None;
+                backoff = Duration::from_millis(250);
+                etag = tag.clone();
+                tx.send_replace(Some((cfg, tag)));
+            }
+            Ok(ConfigPoll::NotModified) => {
+                *control_state.write() = None;
+            }
+            Err(ControlError::Revoked { detail }) => {
+                *revoked_why.write() = detail;
+                revoked.notify_one();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the control plane did not answer the configuration poll; retrying");
+                *control_state.write() = Some(e.to_string());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The Key Vault client the supervisor uses, and what it was built for.
+struct KvSetup {
+    tenant: AzureUuid,
+    auth_mode: Option<String>,
+    address: Option<String>,
+    client: KeyVaultClient,
+}
+
+struct Supervisor {
+    options: NodeOptions,
+    identity: Identity,
+    client: ControlClient,
+    gate: Arc<Gate>,
+    engine: Arc<dyn Engine>,
+    keystore: Option<Keystore>,
+    unlocked: Option<Unlocked>,
+    kv: Option<KvSetup>,
+    denied_since: Option<Instant>,
+    seen_rotation_nonce: Option<u64>,
+    control_state: Arc<RwLock<Option<String>>>,
+}
+
+type ConfigRx = watch::Receiver<Option<(Box<NodeConfig>, Option<String>)>>;
+
+/// Classifies an error for the report: `DENIED`, `UNREACHABLE` or `INTERNAL`.
+fn reported(e: &KeystoreError) -> ReportedError {
+    match e {
+        KeystoreError::KeyVault(az) => ReportedError {
+            kind: if az.kind().revokes_access() {
+                "DENIED"
+            } else if az.kind().is_transient() {
+                "UNREACHABLE"
+            } else {
+                "INTERNAL"
+            },
+            azure_code: az.code().map(str::to_string),
+            message: az.to_string(),
+            fix: az.remediation().map(str::to_string),
+        },
+        other => ReportedError { kind: "INTERNAL", azure_code: None, message: other.to_string(), fix: None },
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        mut config: ConfigRx,
+        revoked: Arc<Notify>,
+        revoked_why: Arc<RwLock<String>>,
+        done: tokio::sync::oneshot::Sender<NodeError>,
+    ) {
+        let mut last_etag: Option<String> = None;
+        loop {
+            let current = config.borrow_and_update().clone();
+            let interval = match &current {
+                None => {
+                    let why = self.control_state.read().clone();
+                    self.gate.publish(|s| {
+                        s.state = if s.state.serves() { s.state } else { NodeState::Locked };
+                        if !s.state.serves() {
+                            s.last_error = Some(ReportedError {
+                                kind: "UNREACHABLE",
+                                azure_code: None,
+                                message: format!(
+                                    "waiting for the configuration from the control plane at {}: {}",
+                                    self.identity.control_plane,
+                                    why.as_deref().unwrap_or("no answer yet")
+                                ),
+                                fix: Some(format!(
+                                    "check that the control plane at {} is running and reachable from this node",
+                                    self.identity.control_plane
+                                )),
+                            });
+                        }
+                    });
+                    Duration::from_secs(1)
+                }
+                Some((cfg, etag)) => {
+                    let changed = *etag != last_etag;
+                    last_etag = etag.clone();
+                    self.step(cfg, changed).await;
+                    self.report(etag.clone()).await;
+                    Duration::from_secs(cfg.check_interval_secs.max(1))
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                r = config.changed() => { if r.is_err() { return; } }
+                _ = revoked.notified() => {
+                    let why = revoked_why.read().clone();
+                    self.drop_keys();
+                    self.gate.publish(|s| {
+                        s.state = NodeState::ShutDown;
+                        s.last_error = Some(ReportedError {
+                            kind: "DENIED",
+                            azure_code: Some(REVOKED_CODE.into()),
+                            message: format!("the control plane revoked this node: {why}"),
+                            fix: Some("join a fresh data dir with a new join token (atrest admin create-join-token)".into()),
+                        });
+                    });
+                    let _ = done.send(NodeError::Revoked(why));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drop_keys(&mut self) {
+        if let Err(e) = self.engine.close() {
+            tracing::error!(error = %e, "closing the engine failed");
+        }
+        // Dropping `Unlocked` zeroizes the master and data keys.
+        self.unlocked = None;
+        self.denied_since = None;
+    }
+
+    fn kv_for(&mut self, cfg: &NodeConfig) -> Result<KeyVaultClient, String> {
+        let ear = &cfg.encryption_at_rest;
+        let tenant: AzureUuid = ear
+            .tenant_id
+            .as_deref()
+            .ok_or("the configuration names no tenant")?
+            .parse()
+            .map_err(|e| format!("the configuration's tenant id: {e}"))?;
+        let address = if ear.require_private_networking {
+            Some(
+                ear.private_endpoint
+                    .as_ref()
+                    .map(|p| p.address.clone())
+                    .ok_or("requirePrivateNetworking is on but the project has no approved EAR private endpoint for this node's region: create one (POST .../encryptionAtRest/AZURE/privateEndpoints) and approve it in Azure")?,
+            )
+        } else {
+            None
+        };
+        if let Some(kv) = &self.kv
+            && kv.tenant == tenant
+            && kv.auth_mode == ear.auth_mode
+            && kv.address == address
+        {
+            return Ok(kv.client.clone());
+        }
+        let mut transport = self.options.azure.clone();
+        if let Some(addr) = &address {
+            let addr = addr.parse().map_err(|e| format!("the private endpoint's address {addr}: {e}"))?;
+            let ca = transport.endpoint_override.as_ref().map(|o| o.extra_ca_pem.clone()).unwrap_or_default();
+            transport.endpoint_override = Some(EndpointOverride { addr, extra_ca_pem: ca });
+        }
+        let transport = Transport::new(&transport).map_err(|e| e.to_string())?;
+        let source = ControlPlaneTokens::new(self.client.clone(), ear.auth_mode.clone());
+        // A fresh cache per setup: a token of the old auth mode is never reused for the new one.
+        let tokens = TokenProvider::external(
+            transport,
+            // The cache key needs an app id; the node knows none (only the control plane does).
+            AzureUuid::new_v4(),
+            source,
+            Arc::new(TokenCache::new()),
+            self.options.retry.clone(),
+        );
+        let client = KeyVaultClient::new(tokens, tenant, self.options.retry.clone());
+        self.kv = Some(KvSetup { tenant, auth_mode: ear.auth_mode.clone(), address, client: client.clone() });
+        Ok(client)
+    }
+
+    fn fail_setup(&mut self, message: String) {
+        self.gate.publish(|s| {
+            if !s.state.serves() {
+                s.state = NodeState::Locked;
+            }
+            s.last_error = Some(ReportedError { kind: "INTERNAL", azure_code: None, message, fix: None });
+        });
+    }
+
+    /// One pass: unlock if locked or shut down, else check; rotate when asked.
+    async fn step(&mut self, cfg: &NodeConfig, config_changed: bool) {
+        self.gate.set_data_credentials(cfg.data_credentials.clone());
+        let ear = &cfg.encryption_at_rest;
+        let Some(kid) = ear.key_identifier.as_deref().filter(|_| ear.enabled) else {
+            return self.fail_setup(
+                "the project's Encryption at Rest is not enabled: PATCH /api/atlas/v2/groups/{groupId}/encryptionAtRest with an azureKeyVault configuration".into(),
+            );
+        };
+        let kid: KeyIdentifier = match kid.parse() {
+            Ok(k) => k,
+            Err(e) => return self.fail_setup(format!("the configuration's key identifier {kid}: {e}")),
+        };
+        let kv = match self.kv_for(cfg) {
+            Ok(kv) => kv,
+            Err(e) => return self.fail_setup(e),
+        };
+        let via = if ear.require_private_networking { "PRIVATE_ENDPOINT" } else { "PUBLIC" };
+        let checked_at = now();
+        if self.unlocked.is_none() {
+            let result = match &self.keystore {
+                None => Keystore::create(&self.options.data_dir, &self.identity.node_id, &kv, &kid).await,
+                Some(ks) => ks.unlock(&kv).await.map(|u| (ks.clone(), u)),
+            };
+            match result {
+                Ok((ks, unlocked)) => {
+                    if let Err(e) = self.engine.open(unlocked.data_keys()) {
+                        return self.fail_setup(format!("the {} engine did not open: {e}", self.engine.kind()));
+                    }
+                    tracing::info!(key = %ks.key_identifier(), "unlocked: serving");
+                    self.keystore = Some(ks);
+                    self.unlocked = Some(unlocked);
+                    self.seen_rotation_nonce.get_or_insert(cfg.master_key_rotation_nonce);
+                    self.publish_ok(NodeState::Serving, checked_at, via, ear.auth_mode.clone());
+                }
+                Err(e) => {
+                    let denied = matches!(&e, KeystoreError::KeyVault(az) if az.kind().revokes_access());
+                    let state = if denied { NodeState::ShutDown } else { NodeState::Locked };
+                    tracing::warn!(error = %e, state = state.as_str(), "could not unlock");
+                    let err = reported(&e);
+                    self.gate.publish(|s| {
+                        s.state = state;
+                        s.last_check_at = Some(checked_at);
+                        s.via = via;
+                        s.last_error = Some(err);
+                    });
+                }
+            }
+            return;
+        }
+        let (Some(ks), Some(unlocked)) = (&self.keystore, &self.unlocked) else { return };
+        match ks.check(&kv, unlocked).await {
+            Ok(()) => {
+                self.denied_since = None;
+                if let Err(e) = self.rotate_if_asked(cfg, &kv, &kid, config_changed).await {
+                    tracing::warn!(error = %e, "rotation failed; the current key stays in use");
+                    let err = reported(&e);
+                    self.gate.publish(|s| s.last_error = Some(err));
+                    return;
+                }
+                self.publish_ok(NodeState::Serving, checked_at, via, ear.auth_mode.clone());
+            }
+            Err(e) => {
+                let err = reported(&e);
+                // A blob that decrypts to another key is as final as a denial: the node must not
+                // go on with keys it cannot prove.
+                let denied = err.kind == "DENIED" || matches!(&e, KeystoreError::WrongKey { .. });
+                if denied {
+                    let since = *self.denied_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(cfg.denial_grace_secs) {
+                        tracing::warn!(error = %e, "access denied: dropping the keys and closing the engine");
+                        self.drop_keys();
+                        self.gate.publish(|s| {
+                            s.state = NodeState::ShutDown;
+                            s.last_check_at = Some(checked_at);
+                            s.last_error = Some(err);
+                        });
+                    } else {
+                        self.gate.publish(|s| {
+                            s.last_check_at = Some(checked_at);
+                            s.last_error = Some(err);
+                        });
+                    }
+                } else {
+                    tracing::warn!(error = %e, "Key Vault unreachable: still serving");
+                    self.gate.publish(|s| {
+                        s.state = NodeState::Degraded;
+                        s.last_check_at = Some(checked_at);
+                        s.last_error = Some(err);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Re-wraps the master key when the configuration names another key or version, and
+    /// rotates the master key when the control plane asked for it.
+    async fn rotate_if_asked(
+        &mut self,
+        cfg: &NodeConfig,
+        kv: &KeyVaultClient,
+        wanted: &KeyIdentifier,
+        config_changed: bool,
+    ) -> Result<(), KeystoreError> {
+        let (Some(ks), Some(unlocked)) = (&mut self.keystore, &mut self.unlocked) else { return Ok(()) };
+        let current = ks.key_identifier().clone();
+        let same_key = current.vault() == wanted.vault() && current.name() == wanted.name();
+        let rewrap = match wanted.version() {
+            Some(v) => !same_key || current.version() != Some(v),
+            None if !same_key => true,
+            // An unversioned identifier follows the key's current version; asking Key Vault
+            // which one that is costs a GET, so it is asked on configuration changes only.
+            None if config_changed => {
+                let props = kv.get_key(wanted).await?;
+                props.id.version() != current.version()
+            }
+            None => false,
+        };
+        if rewrap {
+            ks.rewrap(kv, unlocked, wanted).await?;
+            tracing::info!(from = %current, to = %ks.key_identifier(), "re-wrapped the master key");
+        }
+        if self.seen_rotation_nonce != Some(cfg.master_key_rotation_nonce) {
+            ks.rotate_master(kv, unlocked).await?;
+            self.seen_rotation_nonce = Some(cfg.master_key_rotation_nonce);
+            tracing::info!(generation = ks.generation(), "rotated the master key");
+        }
+        Ok(())
+    }
+
+    fn publish_ok(&self, state: NodeState, at: OffsetDateTime, via: &'static str, auth_mode: Option<String>) {
+        let ks = self.keystore.as_ref();
+        self.gate.publish(|s| {
+            s.state = state;
+            s.last_check_at = Some(at);
+            s.last_error = None;
+            s.via = via;
+            s.auth_mode = auth_mode;
+            s.key_identifier = ks.map(|k| k.key_identifier().unversioned().to_string());
+            s.key_version = ks.and_then(|k| k.key_identifier().version().map(|v| v.to_string()));
+            s.master_key_generation = ks.map(|k| k.generation());
+        });
+    }
+
+    async fn report(&self, etag: Option<String>) {
+        let s = self.gate.status();
+        let report = StatusReport {
+            state: s.state.as_str().to_string(),
+            key_identifier: s.key_identifier,
+            key_version: s.key_version,
+            auth_mode: s.auth_mode,
+            master_key_generation: s.master_key_generation,
+            last_check_at: s.last_check_at.and_then(|t| t.format(&Rfc3339).ok()),
+            config_etag: etag,
+            via: s.via,
+            last_error: s.last_error,
+        };
+        if let Err(e) = self.client.report(&report).await {
+            tracing::debug!(error = %e, "the status report did not reach the control plane; the next check reports again");
+        }
+    }
+}

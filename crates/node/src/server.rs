@@ -1,0 +1,73 @@
+//! An embedded-engine node with its data API on a listener: what `atrest node` runs and what
+//! the tests start on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::engine::sqlcipher::{Durability, Encryption, SqlCipherEngine};
+use crate::runtime::{self, NodeError, NodeHandle, NodeOptions};
+
+/// A node serving its data API.
+pub struct EmbeddedNode {
+    handle: NodeHandle,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EmbeddedNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedNode").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedNode {
+    /// Binds `listen`, then joins or loads the node in `options.data_dir` and serves. An empty
+    /// `options.data_url` becomes `http://<bound address>`.
+    pub async fn start(mut options: NodeOptions, listen: SocketAddr) -> Result<Self, NodeError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| NodeError::Setup(format!("cannot listen on {listen}: {e}; pick another --listen address")))?;
+        let addr = listener.local_addr().map_err(|e| NodeError::Setup(e.to_string()))?;
+        if options.data_url.is_empty() {
+            options.data_url = format!("http://{addr}");
+        }
+        let engine = Arc::new(SqlCipherEngine::new(&options.data_dir, Encryption::Encrypted, Durability::Normal));
+        let dyn_engine: Arc<dyn Engine> = engine.clone();
+        let handle = runtime::start(options, dyn_engine).await?;
+        let app = crate::data_api::router(handle.gate(), engine);
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the data API stopped");
+            }
+        });
+        Ok(Self { handle, addr, server })
+    }
+
+    /// Where the data API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The lifecycle handle (status, identity).
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// Waits until the node stops for good (revoked).
+    pub async fn stopped(&mut self) -> NodeError {
+        self.handle.stopped().await
+    }
+
+    /// Stops serving, closes the engine and drops the keys.
+    pub async fn shutdown(self) {
+        self.server.abort();
+        let _ = self.server.await;
+        self.handle.shutdown().await;
+    }
+}
