@@ -170,7 +170,9 @@ fn check_unsupported_block(name: &str, provider: &str, f: Option<Fields>, known:
         {
             return Err(ApiError::invalid_attribute(
                 &format!("{name}.{field}"),
-                format!("it is empty, which the API does not allow: leave it out (atrest offers Azure Key Vault only; send {name} as {{\"enabled\": false}})"),
+                format!(
+                    "it is empty, which the API does not allow: leave it out (atrest offers Azure Key Vault only; send {name} as {{\"enabled\": false}})"
+                ),
             ));
         }
         configures |= match v {
