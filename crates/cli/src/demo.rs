@@ -128,9 +128,18 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
                 serde_json::from_slice(&b)
                     .with_context(|| format!("{} is not a demo layout journal: delete it", partial_path.display()))?
             }
-            Err(_) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 eprintln!("[2/4] creating the demo layout (tenants, platform app, vault, key) ...");
                 DemoProgress::default()
+            }
+            // Starting afresh here would orphan what the journal records: stop and say why.
+            Err(e) => {
+                return Err(anyhow::anyhow!(e)).with_context(|| {
+                    format!(
+                        "cannot read the demo layout journal {}: fix its permissions (it must be readable by this user), or delete it to start a new layout",
+                        partial_path.display()
+                    )
+                });
             }
         };
         let mut save = |p: &DemoProgress| -> anyhow::Result<()> {

@@ -108,3 +108,18 @@ fn a_demo_layout_killed_at_any_step_is_finished_not_duplicated() {
     assert_eq!(layout["customer_vault"].as_str(), vault.as_deref());
     assert_eq!(tenants_in(&data), expected, "orphan tenants were left by the killed runs");
 }
+
+#[test]
+fn an_unreadable_demo_layout_journal_stops_up_instead_of_starting_a_second_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("up");
+    // A journal that exists but cannot be read as a file (tests run as root, so a mode would
+    // not stop the read): up must not take it for "no journal" and orphan what it records.
+    std::fs::create_dir_all(data.join("demo.partial.json")).unwrap();
+    let out = Command::new(ATREST).args(["up", "--no-wait", "--data-dir"]).arg(&data).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot read the demo layout journal") && stderr.contains("delete it"), "{stderr}");
+    assert!(!stderr.contains("creating the demo layout"), "{stderr}");
+    assert!(!data.join("up.json").exists());
+}
