@@ -96,6 +96,18 @@ pub mod codes {
         "CANNOT_DISABLE_ENCRYPTION_AT_REST_REQUIRE_PRIVATE_NETWORKING_WHILE_PRIVATE_ENDPOINTS_EXIST";
     pub const PRIVATE_ENDPOINT_DELETE_BLOCKED: &str =
         "ENCRYPTION_AT_REST_PRIVATE_ENDPOINT_DELETE_BLOCKED_DURING_PROVISIONING";
+    pub const CLUSTER_NOT_FOUND: &str = "CLUSTER_NOT_FOUND";
+    pub const DUPLICATE_CLUSTER_NAME: &str = "DUPLICATE_CLUSTER_NAME";
+    pub const CLUSTER_NAME_INVALID: &str = "CLUSTER_NAME_INVALID";
+    pub const CLUSTER_CANNOT_CHANGE_NAME: &str = "CLUSTER_CANNOT_CHANGE_NAME";
+    pub const CLUSTER_REPLICATION_FACTOR_INVALID: &str = "CLUSTER_REPLICATION_FACTOR_INVALID";
+    pub const CLUSTER_ALREADY_REQUESTED_DELETION: &str = "CLUSTER_ALREADY_REQUESTED_DELETION";
+    pub const ENCRYPTION_AT_REST_NOT_ENABLED: &str = "ENCRYPTION_AT_REST_NOT_ENABLED";
+    /// atrest: a cluster cannot move from AZURE to NONE (no re-keying under a platform key).
+    pub const ENCRYPTION_AT_REST_PROVIDER_CHANGE_NOT_SUPPORTED: &str =
+        "ENCRYPTION_AT_REST_PROVIDER_CHANGE_NOT_SUPPORTED";
+    /// atrest: the project's Azure Key Vault configuration is still used by clusters.
+    pub const ENCRYPTION_AT_REST_IN_USE_BY_CLUSTERS: &str = "ENCRYPTION_AT_REST_IN_USE_BY_CLUSTERS";
     /// atrest: a provider this deployment does not offer (AWS, GCP).
     pub const CLOUD_PROVIDER_NOT_SUPPORTED: &str = "CLOUD_PROVIDER_NOT_SUPPORTED";
     /// atrest: the key lacks the tag binding it to this project (confused-deputy protection).

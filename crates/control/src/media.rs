@@ -27,6 +27,29 @@ use crate::error::{ApiError, codes};
 /// The versions of the in-scope operations, oldest first.
 pub const VERSIONS: &[&str] = &["2023-01-01"];
 
+/// The versions of the clusters operations (`/api/atlas/v2/groups/{groupId}/clusters[/{name}]`),
+/// oldest first, per method, as the Atlas Go SDK sends them (admin/api_clusters.go): getCluster
+/// and listClusters 2024-08-05, createCluster and updateCluster 2024-10-23 (the same
+/// `ClusterDescription20240805` body as 2024-08-05), deleteCluster 2023-02-01. The older
+/// versions of get, list, create and update have another body (the pre-2024 cluster
+/// description), which atrest does not serve: an Accept date before 2024-08-05 is 406 there.
+pub fn cluster_versions(method: &http::Method) -> &'static [&'static str] {
+    match *method {
+        http::Method::GET => &["2024-08-05"],
+        http::Method::DELETE => &["2023-01-01", "2023-02-01"],
+        _ => &["2024-08-05", "2024-10-23"],
+    }
+}
+
+/// The versions of the operation at `path` with `method`.
+pub fn versions_for(method: &http::Method, path: &str) -> &'static [&'static str] {
+    let is_clusters = path
+        .strip_prefix("/api/atlas/v2/groups/")
+        .and_then(|rest| rest.split('/').nth(1))
+        .is_some_and(|segment| segment == "clusters");
+    if is_clusters { cluster_versions(method) } else { VERSIONS }
+}
+
 /// The version a request resolved to, available to handlers as an extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiVersion(pub &'static str);
@@ -37,21 +60,26 @@ impl ApiVersion {
     }
 }
 
-fn not_acceptable() -> ApiError {
+fn not_acceptable(versions: &[&str]) -> ApiError {
     ApiError::new(StatusCode::NOT_ACCEPTABLE, codes::INVALID_VERSION_DATE, "Invalid accept header or version date.")
         .with_field(
             "Accept",
             format!(
                 "send Accept: application/vnd.atlas.{}+json (or any later date); supported versions: {}",
-                VERSIONS[VERSIONS.len() - 1],
-                VERSIONS.join(", ")
+                versions[0],
+                versions.join(", ")
             ),
         )
 }
 
 /// Resolves an `Accept` header value to a supported version.
 pub fn resolve_accept(accept: Option<&str>) -> Result<ApiVersion, ApiError> {
-    let accept = accept.ok_or_else(not_acceptable)?;
+    resolve_accept_among(accept, VERSIONS)
+}
+
+/// Resolves an `Accept` header value among `versions` (one operation's, oldest first).
+pub fn resolve_accept_among(accept: Option<&str>, versions: &'static [&'static str]) -> Result<ApiVersion, ApiError> {
+    let accept = accept.ok_or_else(|| not_acceptable(versions))?;
     for range in accept.split(',') {
         let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let Some(date) = media.strip_prefix("application/vnd.atlas.").and_then(|r| r.strip_suffix("+json")) else {
@@ -61,11 +89,11 @@ pub fn resolve_accept(accept: Option<&str>) -> Result<ApiVersion, ApiError> {
             continue;
         }
         // Dates compare correctly as strings in YYYY-MM-DD form.
-        if let Some(v) = VERSIONS.iter().rev().find(|v| **v <= date) {
+        if let Some(v) = versions.iter().rev().find(|v| **v <= date) {
             return Ok(ApiVersion(v));
         }
     }
-    Err(not_acceptable())
+    Err(not_acceptable(versions))
 }
 
 fn is_date(s: &str) -> bool {
@@ -98,7 +126,8 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
 /// Middleware for every `/api/atlas/v2` and `/api/atrest/v1` route.
 pub async fn atlas_media(mut request: Request, next: Next) -> Response {
     let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let version = match resolve_accept(accept) {
+    let versions = versions_for(request.method(), request.uri().path());
+    let version = match resolve_accept_among(accept, versions) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -228,6 +257,19 @@ mod tests {
             assert_eq!(e.status, StatusCode::NOT_ACCEPTABLE, "{bad:?}");
             assert_eq!(e.error_code, "INVALID_VERSION_DATE");
         }
+    }
+
+    #[test]
+    fn cluster_operations_resolve_their_own_versions() {
+        let get = versions_for(&http::Method::GET, "/api/atlas/v2/groups/0123456789abcdef01234567/clusters/C0");
+        assert_eq!(resolve_accept_among(Some("application/vnd.atlas.2025-01-01+json"), get).unwrap().0, "2024-08-05");
+        assert!(resolve_accept_among(Some("application/vnd.atlas.2023-01-01+json"), get).is_err());
+        let post = versions_for(&http::Method::POST, "/api/atlas/v2/groups/0123456789abcdef01234567/clusters");
+        assert_eq!(resolve_accept_among(Some("application/vnd.atlas.2024-10-23+json"), post).unwrap().0, "2024-10-23");
+        assert_eq!(resolve_accept_among(Some("application/vnd.atlas.2024-09-01+json"), post).unwrap().0, "2024-08-05");
+        let del = versions_for(&http::Method::DELETE, "/api/atlas/v2/groups/0123456789abcdef01234567/clusters/C0");
+        assert_eq!(resolve_accept_among(Some("application/vnd.atlas.2023-01-01+json"), del).unwrap().0, "2023-01-01");
+        assert_eq!(versions_for(&http::Method::GET, "/api/atlas/v2/groups/0123456789abcdef01234567/events"), VERSIONS);
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct Inner {
     /// Only an optimisation in front of the store's own once-per-interval claim, so that reads
     /// do not take the store's write path every time.
     pub read_revalidation: Mutex<HashMap<GroupId, Instant>>,
+    /// Grows whenever this replica changes something a data node's config shows (EAR settings,
+    /// a cluster, its data credentials, Try Again, a master-key rotation request), so the
+    /// node config long-polls held by this replica wake at once.
+    pub nodes_config: tokio::sync::watch::Sender<u64>,
 }
 
 impl Deref for AppState {
@@ -62,8 +66,14 @@ impl AppState {
                 metrics,
                 replica_id,
                 read_revalidation: Mutex::new(HashMap::new()),
+                nodes_config: tokio::sync::watch::Sender::new(0),
             }),
         }
+    }
+
+    /// Tells this replica's waiting node config polls that something they show may have changed.
+    pub fn nodes_config_changed(&self) {
+        self.nodes_config.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The current time. One place, so every part agrees.

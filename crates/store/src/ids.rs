@@ -105,6 +105,27 @@ hex24_id!(
     "event id"
 );
 
+hex24_id!(
+    /// A cluster id (the Atlas cluster's `id`).
+    ClusterId,
+    "cluster id"
+);
+hex24_id!(
+    /// A data node id, assigned when the node joins its cluster.
+    NodeId,
+    "node id"
+);
+hex24_id!(
+    /// The id of a join token (the public part of `atrj_<id>_<secret>`).
+    JoinTokenId,
+    "join token id"
+);
+hex24_id!(
+    /// The id of a cluster's data credential (the public part of `atrd_<id>_<secret>`).
+    DataCredentialId,
+    "data credential id"
+);
+
 /// A service account's OAuth client id, `mdb_sa_id_` followed by 24 lowercase hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(String);

@@ -1,7 +1,7 @@
 //! Control-plane persistence for atrest: organizations and projects, API keys and service
 //! accounts with their roles, OAuth tokens, Digest nonces, Cloud Provider Access roles, the
-//! Encryption at Rest configuration with its validation state and private endpoints, events, and
-//! leases that let several control-plane replicas share the work.
+//! Encryption at Rest configuration with its validation state and private endpoints, clusters with
+//! their join tokens, data nodes and data credentials, events, and leases that let several control-plane replicas share the work.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), atrest_store::StoreError> {
@@ -49,6 +49,7 @@ mod migrate;
 mod model;
 
 mod cloud_access;
+mod clusters;
 mod ear;
 mod events;
 mod kek_canary;
@@ -68,8 +69,14 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use clusters::{
+    Cluster, ClusterDeletion, ClusterEarProvider, ClusterUpdate, DataCredential, JoinOutcome, JoinToken, NewNode, Node,
+    NodeReport,
+};
 pub use error::{Result, StoreError};
-pub use ids::{ApiKeyId, ClientId, EventId, GroupId, InvalidId, OrgId, RoleId};
+pub use ids::{
+    ApiKeyId, ClientId, ClusterId, DataCredentialId, EventId, GroupId, InvalidId, JoinTokenId, NodeId, OrgId, RoleId,
+};
 pub use kek_canary::KekCanary;
 pub use model::{
     AccessToken, ApiKey, AzureCredentials, AzureKeyVaultConfig, CloudProvider, CloudProviderAccessRole, ConfigVersion,

@@ -20,6 +20,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "ear_private_endpoints", include_str!("../migrations/sqlite/0002_ear_private_endpoints.sql")),
     (3, "kek_canary", include_str!("../migrations/sqlite/0003_kek_canary.sql")),
+    (4, "clusters_nodes", include_str!("../migrations/sqlite/0004_clusters_nodes.sql")),
 ];
 
 /// (version, description, SQL) for PostgreSQL.
@@ -27,6 +28,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "ear_private_endpoints", include_str!("../migrations/postgres/0002_ear_private_endpoints.sql")),
     (3, "kek_canary", include_str!("../migrations/postgres/0003_kek_canary.sql")),
+    (4, "clusters_nodes", include_str!("../migrations/postgres/0004_clusters_nodes.sql")),
 ];
 
 fn migrator(list: &[(i64, &'static str, &'static str)]) -> Migrator {

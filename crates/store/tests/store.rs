@@ -60,4 +60,10 @@ on_both_backends!(
     private_endpoints::private_endpoint_transitions_apply_only_from_their_state,
     private_endpoints::private_endpoint_deletion_is_refused_while_initiating,
     private_endpoints::private_endpoint_changes_apply_once_across_stores,
+    clusters::clusters_round_trip_with_unique_names,
+    clusters::join_tokens_are_single_use_and_expire,
+    clusters::concurrent_joins_with_one_token_exactly_one_succeeds,
+    clusters::reports_derive_the_cluster_state_with_events_in_one_transaction,
+    clusters::deletion_waits_for_the_last_node_and_revoked_nodes_are_refused,
+    clusters::revoked_nodes_cannot_report_and_data_credentials_round_trip,
 );

@@ -266,6 +266,19 @@ pub async fn patch(
     let now = state.now();
 
     if azure.enabled == Some(false) {
+        let in_use = state.store.clusters_using_azure_key(&group.id).await?;
+        if existing.is_some() && !in_use.is_empty() {
+            return Err(ApiError::bad_request(
+                codes::ENCRYPTION_AT_REST_IN_USE_BY_CLUSTERS,
+                format!(
+                    "Encryption at Rest with Azure Key Vault cannot be disabled for group {}: clusters {} keep their \
+                     data under this key (encryptionAtRestProvider AZURE). Delete those clusters first; nothing was changed.",
+                    group.id,
+                    in_use.join(", ")
+                ),
+            )
+            .with_params(in_use));
+        }
         if let Some(e) = &existing {
             let ev = ear::event(
                 &group.id,
@@ -274,6 +287,7 @@ pub async fn patch(
                 now,
             );
             state.store.delete_ear_config(&group.id, e.config_version, &[ev]).await?;
+            state.nodes_config_changed();
             tracing::info!(group = %group.id, by = %caller.label, "encryption at rest disabled");
         }
         return Ok(ok_json(ear_json(None)));
@@ -340,6 +354,7 @@ pub async fn patch(
     };
     let stored =
         state.store.put_ear_config(&group.id, existing.as_ref().map(|e| e.config_version), &write, &events).await?;
+    state.nodes_config_changed();
     tracing::info!(
         group = %group.id,
         by = %caller.label,

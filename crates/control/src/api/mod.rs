@@ -2,6 +2,7 @@
 //! handler shares. Each resource lives in its own module.
 
 pub mod body;
+pub mod clusters;
 pub mod cpa;
 pub mod ear;
 pub mod events;
@@ -41,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/groups/{groupId}/encryptionAtRest/{cloudProvider}/privateEndpoints/{endpointId}",
             get(private_endpoints::get).delete(private_endpoints::delete),
+        )
+        .route("/groups/{groupId}/clusters", get(clusters::list).post(clusters::create))
+        .route(
+            "/groups/{groupId}/clusters/{clusterName}",
+            get(clusters::get).patch(clusters::update).delete(clusters::delete),
         )
         .route("/groups/{groupId}/events", get(events::list))
         .route("/groups/{groupId}/events/{eventId}", get(events::get));

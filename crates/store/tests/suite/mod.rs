@@ -1,6 +1,7 @@
 //! The behaviours the store promises, each as one backend-agnostic async test body.
 
 pub mod cloud_access;
+pub mod clusters;
 pub mod ear;
 pub mod principals;
 pub mod private_endpoints;
