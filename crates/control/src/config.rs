@@ -89,6 +89,11 @@ pub struct ValidationConfig {
     pub key_binding_tag: String,
     /// How often the background worker looks for due revalidations, milliseconds.
     pub poll_interval_ms: u64,
+    /// How often each data node checks its access to the key (one Key Vault `decrypt`), seconds
+    /// (Atlas: 15 minutes). ≥ 1.
+    pub node_check_interval_secs: u64,
+    /// How long a data node keeps serving after Key Vault first denies it, seconds.
+    pub node_denial_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +136,8 @@ impl Default for ValidationConfig {
             require_key_binding: false,
             key_binding_tag: "atrest-project".into(),
             poll_interval_ms: 1000,
+            node_check_interval_secs: 60,
+            node_denial_grace_secs: 0,
         }
     }
 }
@@ -164,6 +171,9 @@ impl Config {
 
     /// Rejects settings that cannot work, with the fix in the message.
     pub fn check(&self) -> anyhow::Result<()> {
+        if self.validation.node_check_interval_secs == 0 {
+            bail!("validation.node_check_interval_secs must be at least 1");
+        }
         if self.validation.revalidate_interval_secs == 0 {
             bail!("validation.revalidate_interval_secs must be at least 1");
         }

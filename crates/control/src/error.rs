@@ -97,6 +97,13 @@ pub mod codes {
     pub const PRIVATE_ENDPOINT_DELETE_BLOCKED: &str =
         "ENCRYPTION_AT_REST_PRIVATE_ENDPOINT_DELETE_BLOCKED_DURING_PROVISIONING";
     pub const CLUSTER_NOT_FOUND: &str = "CLUSTER_NOT_FOUND";
+    // atrest's own codes for the node API (docs/design/node-api-draft.md).
+    pub const NODE_REVOKED: &str = "NODE_REVOKED";
+    pub const NODE_NOT_FOUND: &str = "NODE_NOT_FOUND";
+    pub const INVALID_JOIN_TOKEN: &str = "INVALID_JOIN_TOKEN";
+    pub const AZURE_TOKEN_DENIED: &str = "AZURE_TOKEN_DENIED";
+    pub const AZURE_TOKEN_UNAVAILABLE: &str = "AZURE_TOKEN_UNAVAILABLE";
+    pub const DATA_CREDENTIAL_NOT_FOUND: &str = "DATA_CREDENTIAL_NOT_FOUND";
     pub const DUPLICATE_CLUSTER_NAME: &str = "DUPLICATE_CLUSTER_NAME";
     pub const CLUSTER_NAME_INVALID: &str = "CLUSTER_NAME_INVALID";
     pub const CLUSTER_CANNOT_CHANGE_NAME: &str = "CLUSTER_CANNOT_CHANGE_NAME";

@@ -7,6 +7,7 @@ pub mod cpa;
 pub mod ear;
 pub mod events;
 pub mod groups;
+pub mod nodes;
 pub mod ops;
 pub mod params;
 pub mod private_endpoints;
@@ -53,6 +54,14 @@ pub fn router(state: AppState) -> Router {
     let atrest = Router::new()
         .route("/groups/{groupId}/encryptionAtRest/azureKeyVault:validate", post(ear::validate_dry_run))
         .route("/groups/{groupId}/encryptionAtRest/azureKeyVault/status", get(ear::status))
+        .route("/groups/{groupId}/clusters/{clusterName}/joinTokens", post(nodes::create_join_token))
+        .route("/groups/{groupId}/clusters/{clusterName}/nodes", get(nodes::list_nodes))
+        .route("/groups/{groupId}/clusters/{clusterName}/nodes/{nodeId}", delete(nodes::revoke_node))
+        .route(
+            "/groups/{groupId}/clusters/{clusterName}/dataCredentials",
+            get(nodes::list_data_credentials).post(nodes::create_data_credential),
+        )
+        .route("/groups/{groupId}/clusters/{clusterName}/dataCredentials/{id}", delete(nodes::revoke_data_credential))
         .route("/whoami", get(whoami));
 
     let authenticated = Router::new()
@@ -68,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        // The node API authenticates nodes itself (node credential), outside the Atlas layers.
+        .merge(nodes::node_routes())
         .merge(authenticated)
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_panic| {

@@ -27,6 +27,8 @@ pub struct Options {
     pub store_url: Option<String>,
     /// `azure.retry_budget_secs`.
     pub retry_budget_secs: u64,
+    /// `validation.node_check_interval_secs`.
+    pub node_check_interval_secs: u64,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             poll_interval_ms: 100,
             store_url: None,
             retry_budget_secs: 30,
+            node_check_interval_secs: 60,
         }
     }
 }
@@ -144,6 +147,7 @@ impl Env {
         config.validation.require_key_binding = opts.require_key_binding;
         config.validation.poll_interval_ms = opts.poll_interval_ms;
         config.azure.retry_budget_secs = opts.retry_budget_secs;
+        config.validation.node_check_interval_secs = opts.node_check_interval_secs;
         let control = ControlPlane::start(config.clone()).await.unwrap();
         let state = control.state().clone();
         let org = Organization {

@@ -1,0 +1,625 @@
+//! The data nodes' API (docs/design/node-api-draft.md): the operator endpoints under
+//! `/api/atrest/v1/groups/{groupId}/clusters/{clusterName}/` (join tokens, nodes, data
+//! credentials; Atlas authentication) and the node endpoints under `/api/atrest/v1/node/`
+//! (join, configuration long-poll, Key Vault tokens, status reports; node credential).
+//!
+//! Every credential here is `atr?_<id>_<43 chars of base64url>` (32 bytes from the OS CSPRNG)
+//! and is stored as its SHA-256 only; each is shown once, in the response that creates it.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use http::StatusCode;
+use serde_json::{Value, json};
+use time::Duration as TimeDuration;
+
+use atrest_store::{
+    AzureCredentials, Cluster, DataCredential, DataCredentialId, Event, JoinOutcome, JoinToken, JoinTokenId, NewNode,
+    Node, NodeId, NodeReport, StoreError,
+};
+
+use crate::api::body::{Fields, JsonObject};
+use crate::api::params::Path;
+use crate::api::{atlas_time, ok_json};
+use crate::auth::secrets::{random_bytes, sha256};
+use crate::auth::{Access, Caller};
+use crate::ear::{self, event_types};
+use crate::error::{ApiError, ApiResult, codes, echo};
+use crate::state::AppState;
+use crate::validate::Credential;
+
+const JOIN_PREFIX: &str = "atrj_";
+const NODE_PREFIX: &str = "atrn_";
+const DATA_PREFIX: &str = "atrd_";
+const STATES: [&str; 4] = ["LOCKED", "SERVING", "DEGRADED", "SHUT_DOWN"];
+
+fn new_secret(prefix: &str, id: &str) -> String {
+    format!("{prefix}{id}_{}", B64.encode(random_bytes::<32>()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator endpoints
+// ---------------------------------------------------------------------------------------------
+
+async fn cluster_of(
+    state: &AppState,
+    caller: &Caller,
+    group_id: &str,
+    name: &str,
+    access: Access,
+) -> ApiResult<Cluster> {
+    let group = caller.group(state, group_id, access).await?;
+    crate::api::clusters::load(state, &group, name).await
+}
+
+/// `POST .../clusters/{clusterName}/joinTokens` (Project Owner): `{}` or `{"ttlSecs": N}`.
+pub async fn create_join_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, name)): Path<(String, String)>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Write).await?;
+    let mut f = Fields::new("", body);
+    let ttl = match f.take_raw("ttlSecs") {
+        None | Some(Value::Null) => 3600,
+        Some(v) => match v.as_u64() {
+            Some(n @ 60..=86400) => n,
+            _ => {
+                return Err(ApiError::invalid_attribute(
+                    "ttlSecs",
+                    format!("{} is not a lifetime from 60 to 86400 seconds", echo(&v.to_string())),
+                ));
+            }
+        },
+    };
+    f.finish()?;
+    if cluster.deleting {
+        return Err(deleting(&cluster));
+    }
+    let id = JoinTokenId::new_random();
+    let token = new_secret(JOIN_PREFIX, id.as_str());
+    let now = state.now();
+    let expires_at = now + TimeDuration::seconds(ttl as i64);
+    state
+        .store
+        .create_join_token(&JoinToken {
+            id,
+            token_sha256: sha256(token.as_bytes()),
+            group_id: cluster.group_id.clone(),
+            cluster_id: cluster.id.clone(),
+            created_by: caller.label.clone(),
+            created_at: now,
+            expires_at,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ok_json(json!({
+            "token": token,
+            "expiresAt": atlas_time(expires_at),
+            "groupId": cluster.group_id.as_str(),
+            "clusterName": cluster.name,
+        })),
+    )
+        .into_response())
+}
+
+fn deleting(c: &Cluster) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        codes::CLUSTER_NOT_FOUND,
+        format!("Cluster {} is being deleted: no node can join it.", c.name),
+    )
+    .with_params([c.name.as_str()])
+}
+
+fn node_json(n: &Node) -> Value {
+    let r = n.report.as_ref();
+    json!({
+        "id": n.id.as_str(),
+        "state": r.map(|r| r.state.as_str()).unwrap_or("UNREPORTED"),
+        "dataUrl": n.data_url,
+        "keyIdentifier": r.and_then(|r| r.key_identifier.clone()),
+        "keyVersion": r.and_then(|r| r.key_version.clone()),
+        "authMode": r.and_then(|r| r.auth_mode.clone()),
+        "via": r.and_then(|r| r.via.clone()),
+        "masterKeyGeneration": r.and_then(|r| r.master_key_generation),
+        "lastCheckAt": r.and_then(|r| r.last_check_at).map(atlas_time),
+        "lastReportAt": r.map(|r| atlas_time(r.reported_at)),
+        "joinedAt": atlas_time(n.joined_at),
+        "lastError": r.and_then(|r| r.last_error.as_deref()).and_then(|e| serde_json::from_str::<Value>(e).ok()),
+    })
+}
+
+/// `GET .../clusters/{clusterName}/nodes` (Project Read Only).
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Read).await?;
+    let nodes = state.store.list_nodes(&cluster.id).await?;
+    let results: Vec<Value> = nodes.iter().filter(|n| n.revoked_at.is_none()).map(node_json).collect();
+    Ok(ok_json(json!({"totalCount": results.len(), "results": results})))
+}
+
+fn node_not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, codes::NODE_NOT_FOUND, format!("No active node {} in this cluster.", echo(id)))
+        .with_params([id])
+}
+
+/// `DELETE .../clusters/{clusterName}/nodes/{nodeId}` (Project Owner): revokes at once.
+pub async fn revoke_node(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, name, node_id)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Write).await?;
+    let id = NodeId::parse(&node_id).map_err(|_| node_not_found(&node_id))?;
+    if !state.store.revoke_node(&cluster.id, &id, state.now()).await? {
+        return Err(node_not_found(&node_id));
+    }
+    state.nodes_config_changed();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST .../clusters/{clusterName}/dataCredentials` (Project Owner).
+pub async fn create_data_credential(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, name)): Path<(String, String)>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Write).await?;
+    Fields::new("", body).finish()?;
+    let id = DataCredentialId::new_random();
+    let credential = new_secret(DATA_PREFIX, id.as_str());
+    let now = state.now();
+    state
+        .store
+        .create_data_credential(&DataCredential {
+            id: id.clone(),
+            cluster_id: cluster.id.clone(),
+            credential_sha256: sha256(credential.as_bytes()),
+            created_at: now,
+        })
+        .await?;
+    state.nodes_config_changed();
+    Ok((
+        StatusCode::CREATED,
+        ok_json(json!({"id": id.as_str(), "credential": credential, "createdAt": atlas_time(now)})),
+    )
+        .into_response())
+}
+
+/// `GET .../clusters/{clusterName}/dataCredentials` (Project Read Only): ids only.
+pub async fn list_data_credentials(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Read).await?;
+    let list = state.store.list_data_credentials(&cluster.id).await?;
+    let results: Vec<Value> =
+        list.iter().map(|c| json!({"id": c.id.as_str(), "createdAt": atlas_time(c.created_at)})).collect();
+    Ok(ok_json(json!({"totalCount": results.len(), "results": results})))
+}
+
+/// `DELETE .../clusters/{clusterName}/dataCredentials/{id}` (Project Owner).
+pub async fn revoke_data_credential(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, name, id)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Write).await?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::DATA_CREDENTIAL_NOT_FOUND,
+            format!("No data credential {} in this cluster.", echo(&id)),
+        )
+        .with_params([id.as_str()])
+    };
+    let cid = DataCredentialId::parse(&id).map_err(|_| not_found())?;
+    match state.store.revoke_data_credential(&cluster.id, &cid, state.now()).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound { .. }) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    }
+    state.nodes_config_changed();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// The node endpoints, outside the Atlas authentication and media-type layers.
+pub fn node_routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/api/atrest/v1/node/join", post(join))
+        .route("/api/atrest/v1/node/config", get(config))
+        .route("/api/atrest/v1/node/token", post(token))
+        .route("/api/atrest/v1/node/status", post(status))
+}
+
+fn revoked(detail: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        codes::NODE_REVOKED,
+        format!("{detail}: this node may not use the node API. Join a fresh data dir with a new join token."),
+    )
+}
+
+/// The calling node, from `Authorization: Bearer atrn_<nodeId>_<secret>`.
+async fn node_of(state: &AppState, headers: &HeaderMap) -> ApiResult<Node> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| revoked("no node credential (Authorization: Bearer atrn_...)"))?;
+    let id = presented
+        .strip_prefix(NODE_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(id, _)| NodeId::parse(id).ok())
+        .ok_or_else(|| revoked("the credential is not a node credential"))?;
+    let node = match state.store.get_node(&id).await {
+        Ok(n) => n,
+        Err(StoreError::NotFound { .. }) => return Err(revoked("unknown node")),
+        Err(e) => return Err(e.into()),
+    };
+    if !constant_time_eq(&node.credential_sha256, &sha256(presented.as_bytes())) {
+        return Err(revoked("wrong node credential"));
+    }
+    if node.revoked_at.is_some() {
+        return Err(revoked("the node was revoked"));
+    }
+    Ok(node)
+}
+
+/// `POST /api/atrest/v1/node/join` `{"joinToken", "dataUrl"}`.
+async fn join(State(state): State<AppState>, JsonObject(body): JsonObject) -> ApiResult<Response> {
+    let mut f = Fields::new("", body);
+    let token = f.string("joinToken")?.ok_or_else(|| {
+        ApiError::missing_attribute("joinToken", "send the join token from POST .../clusters/{name}/joinTokens")
+    })?;
+    let data_url = f.string("dataUrl")?.unwrap_or_default();
+    f.finish()?;
+    if !(data_url.starts_with("http://") || data_url.starts_with("https://")) || data_url.len() > 2048 {
+        return Err(ApiError::invalid_attribute(
+            "dataUrl",
+            "send the node's data API URL (http://host:port or https://...)",
+        ));
+    }
+    let invalid = |why: String| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            codes::INVALID_JOIN_TOKEN,
+            format!(
+                "{why}. Make a new one: atrest admin create-join-token --group <groupId> --cluster <name>, or POST /api/atrest/v1/groups/{{groupId}}/clusters/{{name}}/joinTokens"
+            ),
+        )
+    };
+    if !token.starts_with(JOIN_PREFIX) {
+        return Err(invalid("this is not a join token (it starts with atrj_)".into()));
+    }
+    let id = NodeId::new_random();
+    let credential = new_secret(NODE_PREFIX, id.as_str());
+    let node = NewNode { id: id.clone(), credential_sha256: sha256(credential.as_bytes()), data_url };
+    match state.store.join_cluster(&sha256(token.as_bytes()), &node, state.now()).await? {
+        JoinOutcome::Joined { node, cluster } => {
+            tracing::info!(node = %node.id, cluster = %cluster.name, "a data node joined");
+            Ok((
+                StatusCode::CREATED,
+                ok_json(json!({
+                    "nodeId": node.id.as_str(),
+                    "nodeCredential": credential,
+                    "groupId": cluster.group_id.as_str(),
+                    "clusterName": cluster.name,
+                    "clusterId": cluster.id.as_str(),
+                })),
+            )
+                .into_response())
+        }
+        JoinOutcome::UnknownToken => Err(invalid("the join token is unknown".into())),
+        JoinOutcome::UsedToken(at) => Err(invalid(format!("the join token was used at {}", atlas_time(at)))),
+        JoinOutcome::ExpiredToken(at) => Err(invalid(format!("the join token expired at {}", atlas_time(at)))),
+        JoinOutcome::ClusterDeleting => Err(invalid("the cluster is being deleted".into())),
+    }
+}
+
+/// The node's configuration and its ETag (a hash of the body).
+async fn node_config(state: &AppState, node: &Node) -> ApiResult<(Value, String)> {
+    let cluster = state.store.get_cluster_by_id(&node.cluster_id).await?;
+    let stored = state.store.get_ear_config(&cluster.group_id).await?;
+    let ear = match &stored {
+        Some(s) if s.azure.enabled => {
+            let (mode, tenant) = match &s.azure.credentials {
+                AzureCredentials::Secretless { role_id } => {
+                    let role = state.store.get_cloud_provider_access_role(&cluster.group_id, role_id).await?;
+                    ("SERVICE_PRINCIPAL", role.tenant_id)
+                }
+                AzureCredentials::Static { tenant_id, .. } => ("STATIC", tenant_id.clone()),
+            };
+            json!({
+                "enabled": true,
+                "authMode": mode,
+                "tenantId": tenant,
+                "keyIdentifier": s.azure.key_identifier,
+                "keyVaultName": s.azure.key_vault_name,
+                "azureEnvironment": s.azure.azure_environment.clone().unwrap_or_else(|| "AZURE".into()),
+                "requirePrivateNetworking": s.azure.require_private_networking,
+                "privateEndpoint": Value::Null,
+            })
+        }
+        _ => json!({"enabled": false}),
+    };
+    let creds = state.store.list_data_credentials(&cluster.id).await?;
+    let body = json!({
+        "nodeId": node.id.as_str(),
+        "groupId": cluster.group_id.as_str(),
+        "clusterName": cluster.name,
+        "clusterId": cluster.id.as_str(),
+        "cluster": {
+            "paused": cluster.paused,
+            "deleting": cluster.deleting,
+            "encryptionAtRestProvider": cluster.encryption_at_rest_provider.as_str(),
+        },
+        "encryptionAtRest": ear,
+        "checkIntervalSecs": state.config.validation.node_check_interval_secs,
+        "denialGraceSecs": state.config.validation.node_denial_grace_secs,
+        "checkNonce": node.check_nonce,
+        "masterKeyRotationNonce": node.master_key_rotation_nonce,
+        "dataCredentials": creds.iter().map(|c| json!({"id": c.id.as_str(), "sha256": hex::encode(c.credential_sha256)})).collect::<Vec<_>>(),
+    });
+    let etag = format!("\"{}\"", hex::encode(&sha256(body.to_string().as_bytes())[..16]));
+    Ok((body, etag))
+}
+
+#[derive(serde::Deserialize)]
+struct ConfigQuery {
+    #[serde(rename = "waitSecs")]
+    wait_secs: Option<String>,
+}
+
+/// `GET /api/atrest/v1/node/config[?waitSecs=N]` with optional `If-None-Match`: held until
+/// the configuration changes (200) or the wait ends (304). A change made through this replica
+/// wakes the wait at once; one made through another replica is seen by the once-a-second
+/// re-read.
+async fn config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ConfigQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let node = node_of(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| ApiError::invalid_attribute("query", e.to_string()))?;
+    let wait = match q.wait_secs.as_deref() {
+        None => 30,
+        Some(w) => match w.parse::<u64>() {
+            Ok(n @ 0..=60) => n,
+            _ => return Err(ApiError::invalid_attribute("waitSecs", format!("{} is not 0 to 60 seconds", echo(w)))),
+        },
+    };
+    let wanted = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut changes = state.nodes_config.subscribe();
+    let mut node = node;
+    loop {
+        let (body, etag) = node_config(&state, &node).await?;
+        if wanted.as_deref() != Some(etag.as_str()) {
+            let mut resp = ok_json(body);
+            resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+            return Ok(resp);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+            return Ok(resp);
+        }
+        let tick = (deadline - now).min(Duration::from_secs(1));
+        let _ = tokio::time::timeout(tick, changes.changed()).await;
+        // Revoked meanwhile: say so now rather than at the next poll.
+        node = node_of(&state, &headers).await?;
+    }
+}
+
+/// `POST /api/atrest/v1/node/token` `{}` or `{"authMode": "STATIC" | "SERVICE_PRINCIPAL"}`.
+async fn token(State(state): State<AppState>, headers: HeaderMap, JsonObject(body): JsonObject) -> ApiResult<Response> {
+    let node = node_of(&state, &headers).await?;
+    let mut f = Fields::new("", body);
+    let mode = f.string("authMode")?;
+    f.finish()?;
+    if let Some(m) = &mode
+        && m != "STATIC"
+        && m != "SERVICE_PRINCIPAL"
+    {
+        return Err(ApiError::invalid_attribute("authMode", format!("{} is not STATIC or SERVICE_PRINCIPAL", echo(m))));
+    }
+    let cluster = state.store.get_cluster_by_id(&node.cluster_id).await?;
+    let stored = state.store.get_ear_config(&cluster.group_id).await?.filter(|s| s.azure.enabled).ok_or_else(|| {
+        ApiError::bad_request(
+            codes::ENCRYPTION_AT_REST_NOT_ENABLED,
+            "The project's Encryption at Rest is not enabled: there is no key to get a token for.",
+        )
+    })?;
+    let target = ear::target(&state, &cluster.group_id, &stored.azure, None).await?;
+    let current = match target.credential {
+        Credential::Secretless { .. } => "SERVICE_PRINCIPAL",
+        Credential::Static { .. } => "STATIC",
+    };
+    if mode.as_deref().is_some_and(|m| m != current) {
+        return Err(ApiError::bad_request(
+            codes::INVALID_ATTRIBUTE,
+            format!("The project now uses {current}; ask for a token without authMode or with authMode {current}."),
+        )
+        .with_params(["authMode"]));
+    }
+    let client = match &target.credential {
+        Credential::Secretless { .. } => state.platform.secretless()?.clone(),
+        Credential::Static { client_id, secret } => state.platform.static_client(*client_id, secret.clone()),
+    };
+    match client.tokens().key_vault_token(target.environment, &target.tenant_id).await {
+        Ok(t) => Ok(ok_json(json!({
+            "accessToken": t.expose_secret(),
+            "expiresIn": t.expires_in().as_secs().max(1),
+            "tenantId": target.tenant_id.to_string(),
+            "authMode": current,
+        }))),
+        Err(e) if e.kind().is_transient() => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            codes::AZURE_TOKEN_UNAVAILABLE,
+            format!(
+                "Entra ID did not answer for tenant {}: {e}. The node keeps serving and asks again.",
+                target.tenant_id
+            ),
+        )),
+        Err(e) => {
+            let fix = e.remediation().map(|r| format!(" Fix: {r}")).unwrap_or_default();
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                codes::AZURE_TOKEN_DENIED,
+                format!("Entra ID refused a Key Vault token in tenant {}: {e}.{fix}", target.tenant_id),
+            )
+            .with_params([e.code().unwrap_or("").to_string()]))
+        }
+    }
+}
+
+/// `POST /api/atrest/v1/node/status`: the node's report; the cluster's `stateName` and the
+/// events follow from it in the same transaction.
+async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let node = node_of(&state, &headers).await?;
+    let mut f = Fields::new("", body);
+    let st = f
+        .string("state")?
+        .ok_or_else(|| ApiError::missing_attribute("state", "send LOCKED, SERVING, DEGRADED or SHUT_DOWN"))?;
+    if !STATES.contains(&st.as_str()) {
+        return Err(ApiError::invalid_attribute(
+            "state",
+            format!("{} is not LOCKED, SERVING, DEGRADED or SHUT_DOWN", echo(&st)),
+        ));
+    }
+    let key_identifier = f.string("keyIdentifier")?;
+    let key_version = f.string("keyVersion")?;
+    let auth_mode = f.string("authMode")?;
+    let generation = match f.take_raw("masterKeyGeneration") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| ApiError::invalid_attribute("masterKeyGeneration", "send a number"))?),
+    };
+    let last_check_at = match f.string("lastCheckAt")? {
+        None => None,
+        Some(t) => Some(
+            time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::invalid_attribute("lastCheckAt", "send an RFC 3339 time"))?,
+        ),
+    };
+    let config_etag = f.string("configEtag")?;
+    let via = f.string("via")?;
+    let last_error = match f.take_raw("lastError") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) if v.to_string().len() <= 8192 => Some(v.to_string()),
+        Some(_) => {
+            return Err(ApiError::invalid_attribute(
+                "lastError",
+                "send null or an object {kind, azureCode, message, fix} under 8 KiB",
+            ));
+        }
+    };
+    f.finish()?;
+    let now = state.now();
+    let report = NodeReport {
+        state: st.clone(),
+        key_identifier,
+        key_version,
+        auth_mode,
+        master_key_generation: generation,
+        config_etag,
+        via,
+        last_error,
+        last_check_at,
+        reported_at: now,
+    };
+    let node_id = node.id.clone();
+    let result = state
+        .store
+        .record_node_report(&node.id, &report, |cluster, before, nodes| {
+            let state_name = derive_state(cluster, nodes);
+            let was = before.map(|r| r.state.as_str());
+            let mut events: Vec<Event> = Vec::new();
+            let payload = |msg: &str| json!({"clusterName": cluster.name, "nodeId": node_id.as_str(), "detail": msg});
+            if st == "SHUT_DOWN" && was != Some("SHUT_DOWN") {
+                events.push(ear::event(
+                    &cluster.group_id,
+                    event_types::CONFIG_NO_LONGER_VALID,
+                    payload("the node was denied access to the key and shut down"),
+                    now,
+                ));
+            }
+            if st == "SERVING" && was == Some("SHUT_DOWN") {
+                events.push(ear::event(
+                    &cluster.group_id,
+                    event_types::CONFIG_IS_VALID,
+                    payload("the node has access to the key again and serves"),
+                    now,
+                ));
+            }
+            if st == "DEGRADED" && was != Some("DEGRADED") {
+                events.push(ear::event(
+                    &cluster.group_id,
+                    event_types::KMS_NETWORK_ACCESS_DENIED,
+                    payload("the node cannot reach Key Vault and keeps serving"),
+                    now,
+                ));
+            }
+            if st == "SERVING" && was == Some("DEGRADED") {
+                events.push(ear::event(
+                    &cluster.group_id,
+                    event_types::KMS_NETWORK_ACCESS_RESTORED,
+                    payload("the node reaches Key Vault again"),
+                    now,
+                ));
+            }
+            (state_name, events)
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(StoreError::NotFound { .. }) => Err(revoked("the node was revoked")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The cluster's `stateName` from its nodes (docs/clusters.md, "stateName").
+fn derive_state(cluster: &Cluster, nodes: &[Node]) -> String {
+    if cluster.deleting {
+        return "DELETING".into();
+    }
+    let states: Vec<&str> = nodes.iter().filter_map(|n| n.report.as_ref().map(|r| r.state.as_str())).collect();
+    if states.contains(&"SHUT_DOWN") {
+        return "SHUT_DOWN".into();
+    }
+    let serving = states.iter().filter(|s| matches!(**s, "SERVING" | "DEGRADED")).count();
+    if serving >= cluster.node_count as usize {
+        "IDLE".into()
+    } else if cluster.state_name == "IDLE" || cluster.state_name == "SHUT_DOWN" {
+        "UPDATING".into()
+    } else {
+        cluster.state_name.clone()
+    }
+}

@@ -1,0 +1,180 @@
+//! A data node end to end, against the real emulator and a real control plane on 127.0.0.1:0:
+//! the seeds' flow to a cluster, a node joining it, encrypted documents through the data API,
+//! revocation → SHUT_DOWN → restore → SERVING, and the plaintext grep.
+
+#[path = "../../control/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use atrest_node::runtime::{NodeOptions, NodeState, node_retry};
+use atrest_node::server::EmbeddedNode;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use support::{Env, Options};
+
+const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
+
+struct Cluster {
+    group: String,
+    name: String,
+    tenant: support::Tenant,
+    crypto_assignment: String,
+    data_credential: String,
+}
+
+async fn atrest_post(env: &Env, path: &str, body: Value) -> (StatusCode, Value) {
+    env.atlas(Method::POST, path, Some(body)).await
+}
+
+/// The seeds' flow (register, grant, PATCH), then a cluster on the project's key.
+async fn cluster(env: &Env) -> Cluster {
+    let group = env.project("nodes").await;
+    let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
+    let role = env.register(&group, &tenant).await;
+    let (_, crypto_assignment) = tenant.grant_rbac().await;
+    let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = env
+        .http
+        .post(format!("{}/api/atlas/v2/groups/{group}/clusters", env.url()))
+        .bearer_auth(&env.token)
+        .header("Accept", CLUSTERS_ACCEPT)
+        .header("Content-Type", CLUSTERS_ACCEPT)
+        .json(&json!({
+            "name": "Cluster0",
+            "clusterType": "REPLICASET",
+            "encryptionAtRestProvider": "AZURE",
+            "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
+                "electableSpecs": {"instanceSize": "M10", "nodeCount": 1}}]}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (s, v) =
+        atrest_post(env, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"), json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let data_credential = v["credential"].as_str().unwrap().to_string();
+    Cluster { group, name: "Cluster0".into(), tenant, crypto_assignment, data_credential }
+}
+
+async fn join_token(env: &Env, c: &Cluster) -> String {
+    let (s, v) =
+        atrest_post(env, &format!("/api/atrest/v1/groups/{}/clusters/{}/joinTokens", c.group, c.name), json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn options(env: &Env, dir: &std::path::Path, token: Option<String>) -> NodeOptions {
+    NodeOptions {
+        data_dir: dir.to_path_buf(),
+        control_plane: env.url().to_string(),
+        control_plane_ca_pem: None,
+        join_token: token.map(SecretString::from),
+        data_url: String::new(),
+        azure: atrest_azure::TransportConfig::with_override(env.emu.addr(), env.emu.ca_pem()),
+        retry: node_retry(),
+    }
+}
+
+async fn wait_state(node: &EmbeddedNode, want: NodeState, limit: Duration) -> atrest_node::Status {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let s = node.handle().gate().status();
+        if s.state == want {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not {want:?} within {limit:?}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn options_with_fast_checks() -> Options {
+    Options { node_check_interval_secs: 1, ..Options::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_encrypted_data_shuts_down_on_revocation_and_comes_back() {
+    let env = Env::start_with(options_with_fast_checks()).await;
+    let c = cluster(&env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = dir.path().join("node");
+    let token = join_token(&env, &c).await;
+    let node = EmbeddedNode::start(options(&env, &node_dir, Some(token.clone())), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let serving = wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    assert_eq!(serving.key_identifier.as_deref(), Some(c.tenant.unversioned_kid().as_str()));
+    assert!(serving.key_version.is_some());
+
+    let http = reqwest::Client::new();
+    let doc = |id: &str| format!("{}/v1/collections/secrets/documents/{id}", node.url());
+    let marker = "PLAINTEXT-MARKER-7f3a9c";
+    let r = http.put(doc("a")).bearer_auth(&c.data_credential).json(&json!({"m": marker})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+
+    // The join token was spent: a second node cannot use it.
+    let other =
+        EmbeddedNode::start(options(&env, &dir.path().join("other"), Some(token)), "127.0.0.1:0".parse().unwrap())
+            .await;
+    assert!(other.is_err(), "a spent join token joined a second node");
+
+    // Revocation: the customer removes Key Vault Crypto User. Within the interval the node
+    // drops its keys and refuses, with Azure's code and the fix.
+    c.tenant.customer.delete_role_assignment(&c.crypto_assignment).await.unwrap();
+    let down = wait_state(&node, NodeState::ShutDown, Duration::from_secs(15)).await;
+    assert_eq!(down.last_error.as_ref().unwrap().kind, "DENIED", "{down:?}");
+    let r = http.get(doc("a")).bearer_auth(&c.data_credential).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errorCode"], "NODE_SHUT_DOWN", "{v}");
+    assert!(v["fix"].as_str().is_some_and(|f| f.contains("az ")), "the fix is an az command: {v}");
+
+    // The control plane shows it.
+    let (s, nodes) =
+        env.atlas(Method::GET, &format!("/api/atrest/v1/groups/{}/clusters/{}/nodes", c.group, c.name), None).await;
+    assert_eq!(s, StatusCode::OK, "{nodes}");
+    let ok = env
+        .wait_for(Duration::from_secs(10), || async {
+            let (_, v) = env
+                .atlas(Method::GET, &format!("/api/atrest/v1/groups/{}/clusters/{}/nodes", c.group, c.name), None)
+                .await;
+            v["results"][0]["state"] == "SHUT_DOWN"
+        })
+        .await;
+    assert!(ok, "the nodes list never showed SHUT_DOWN");
+
+    // Restored: it serves again by itself, with the same data.
+    c.tenant
+        .customer
+        .assign_role(&c.tenant.sp, atrest_emulator::scenario::roles::KEY_VAULT_CRYPTO_USER, &c.tenant.vault_id)
+        .await
+        .unwrap();
+    wait_state(&node, NodeState::Serving, Duration::from_secs(15)).await;
+    let v: Value = http.get(doc("a")).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"m": marker}));
+
+    // Nothing on disk holds the marker in clear.
+    node.shutdown().await;
+    for entry in std::fs::read_dir(&node_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{} holds the marker",
+                path.display()
+            );
+        }
+    }
+
+    // A restart opens the same data with one decrypt.
+    let again = EmbeddedNode::start(options(&env, &node_dir, None), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    wait_state(&again, NodeState::Serving, Duration::from_secs(20)).await;
+    let url = format!("{}/v1/collections/secrets/documents/a", again.url());
+    let v: Value = http.get(url).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"m": marker}));
+    again.shutdown().await;
+}
