@@ -167,8 +167,15 @@ pub async fn revoke_node(
 ) -> ApiResult<Response> {
     let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Write).await?;
     let id = NodeId::parse(&node_id).map_err(|_| node_not_found(&node_id))?;
-    if !state.store.revoke_node(&cluster.id, &id, state.now()).await? {
-        return Err(node_not_found(&node_id));
+    match state.store.revoke_node(&cluster.id, &id, state.now()).await {
+        // `true`: it was the last node of a deleting cluster, which is now gone.
+        Ok(removed) => {
+            if removed {
+                tracing::info!(cluster = %cluster.name, "the deleting cluster's last node was revoked: cluster removed");
+            }
+        }
+        Err(StoreError::NotFound { .. }) => return Err(node_not_found(&node_id)),
+        Err(e) => return Err(e.into()),
     }
     state.nodes_config_changed();
     Ok(StatusCode::NO_CONTENT.into_response())
