@@ -373,21 +373,29 @@ pub fn certificate_credential_from_pem(pem: &str, now: i64) -> std::result::Resu
         .ok_or(
             "certificate_pem contains no '-----BEGIN CERTIFICATE-----' block: send the PEM of an X.509 certificate",
         )?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents)
-        .map_err(|e| format!("certificate_pem is not a valid X.509 certificate ({e})"))?;
+    certificate_credential_from_der(&block.contents, now).map_err(|e| format!("certificate_pem {e}"))
+}
+
+/// A certificate credential from the DER of an X.509 certificate (RSA only, not expired), valid
+/// for the certificate's whole validity. Errors read after "the certificate ...".
+pub fn certificate_credential_from_der(der: &[u8], now: i64) -> std::result::Result<CertificateCredential, String> {
+    let (rest, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("is not a valid X.509 certificate ({e})"))?;
+    if !rest.is_empty() {
+        return Err("is not a valid X.509 certificate (trailing bytes after the DER)".into());
+    }
     let spki = cert.public_key();
     if spki.algorithm.algorithm != x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
-        return Err("the certificate's key is not RSA: Entra certificate credentials sign RS256 or PS256 assertions, so register an RSA (2048 bits or more) certificate".into());
+        return Err("has a key that is not RSA: Entra certificate credentials sign RS256 or PS256 assertions, so register an RSA (2048 bits or more) certificate".into());
     }
     let not_before = cert.validity().not_before.timestamp();
     let not_after = cert.validity().not_after.timestamp();
     if not_after <= now {
         return Err(format!(
-            "the certificate expired at {} (unix {not_after}); register a certificate that is still valid",
+            "expired at {} (unix {not_after}); register a certificate that is still valid",
             cert.validity().not_after
         ));
     }
-    let der = &block.contents;
     Ok(CertificateCredential {
         key_id: Uuid::new_v4(),
         sha1: hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)),
@@ -395,6 +403,7 @@ pub fn certificate_credential_from_pem(pem: &str, now: i64) -> std::result::Resu
         spki_der_b64: base64::engine::general_purpose::STANDARD.encode(spki.raw),
         not_before,
         not_after,
+        display_name: None,
     })
 }
 
@@ -417,6 +426,8 @@ fn prepare_credentials(creds: NewCredentials, now: i64) -> Result<PreparedCreden
             hint: secret.chars().take(3).collect(),
             sha256: crate::state::sha256_hex(secret.as_bytes()),
             end_date_time: now + SECRET_LIFETIME_SECS,
+            start_date_time: Some(now),
+            display_name: None,
         };
         (secret, cred)
     });

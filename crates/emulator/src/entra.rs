@@ -589,7 +589,8 @@ fn check_secret(app: &Application, secret: &str, now: i64) -> Result<(), Respons
     for cred in &app.secrets {
         // Constant time: the comparison must not tell how much of a hash matched.
         if aws_lc_rs::constant_time::verify_slices_are_equal(cred.sha256.as_bytes(), presented.as_bytes()).is_ok() {
-            if cred.end_date_time > now {
+            // A secret whose startDateTime is still ahead does not work yet, as in Entra.
+            if cred.end_date_time > now && cred.start_date_time.is_none_or(|start| start <= now) {
                 return Ok(());
             }
             expired = true;

@@ -12,6 +12,8 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -19,7 +21,9 @@ use crate::Ctx;
 use crate::errors::{self, Surface};
 use crate::http::{body_bytes, is_loopback_host, path_segments, query_pairs, request_info};
 use crate::server::RequestInfo;
-use crate::state::{Application, FederatedCredential, ServicePrincipal, State as Model};
+use crate::state::{
+    Application, CertificateCredential, FederatedCredential, SecretCredential, ServicePrincipal, State as Model,
+};
 use crate::tokens::{self, GRAPH_APP_ID, TokenProblem};
 
 /// Entra's limit on federated identity credentials per application.
@@ -188,8 +192,9 @@ fn app_json(state: &Model, app: &Application) -> Value {
         .iter()
         .map(|c| {
             json!({
-                "customKeyIdentifier": c.sha1.to_ascii_uppercase(),
-                "displayName": null,
+                // Edm.Binary, so base64: the SHA-1 thumbprint's bytes, as Graph computes it.
+                "customKeyIdentifier": hex::decode(&c.sha1).map(|b| B64.encode(b)).unwrap_or_default(),
+                "displayName": c.display_name,
                 "endDateTime": iso(c.not_after),
                 "key": null,
                 "keyId": c.key_id,
@@ -205,12 +210,13 @@ fn app_json(state: &Model, app: &Application) -> Value {
         .map(|s| {
             json!({
                 "customKeyIdentifier": null,
-                "displayName": null,
+                "displayName": s.display_name,
                 "endDateTime": iso(s.end_date_time),
                 "hint": s.hint,
                 "keyId": s.key_id,
+                // Graph returns the secret only in addPassword's response.
                 "secretText": null,
-                "startDateTime": iso(app.created),
+                "startDateTime": iso(s.start_date_time.unwrap_or(app.created)),
             })
         })
         .collect();
@@ -874,6 +880,15 @@ fn application_routes(
             Method::GET => {
                 Ok(ok(StatusCode::OK, with_context(format!("{meta}applications/$entity"), app_json(state, app))))
             }
+            Method::PATCH => patch_application(ctx, caller, app, body),
+            _ => Ok(method_not_allowed()),
+        },
+        [seg] if is_action(seg, "addPassword") => match *method {
+            Method::POST => add_password(ctx, caller, object_id, body, meta),
+            _ => Ok(method_not_allowed()),
+        },
+        [seg] if is_action(seg, "removePassword") => match *method {
+            Method::POST => remove_password(ctx, caller, object_id, body),
             _ => Ok(method_not_allowed()),
         },
         [seg] if seg.eq_ignore_ascii_case("federatedIdentityCredentials") => match *method {
@@ -915,6 +930,304 @@ fn application_routes(
             &format!("Resource not found for the segment '{other}'."),
         ))),
     }
+}
+
+/// `addPassword` or its qualified form `microsoft.graph.addPassword` (what the SDKs send).
+fn is_action(seg: &str, action: &str) -> bool {
+    seg.eq_ignore_ascii_case(action)
+        || seg.strip_prefix("microsoft.graph.").is_some_and(|rest| rest.eq_ignore_ascii_case(action))
+}
+
+/// Graph's default lifetime of a password credential added without `endDateTime`: two years.
+const DEFAULT_PASSWORD_LIFETIME_SECS: i64 = 2 * 365 * 86400;
+/// Longest `displayName` of a password or key credential.
+const MAX_CREDENTIAL_NAME: usize = 1024;
+
+/// An Edm.DateTimeOffset property: `null`/absent → `None`, an RFC 3339 string → unix seconds.
+fn date_time(v: Option<&Value>, property: &str, resource: &str) -> Result<Option<i64>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| Some(t.unix_timestamp()))
+                .map_err(|_| {
+                    bad_request(&format!(
+                        "Invalid value specified for property '{property}' of resource '{resource}': send an ISO 8601 date and time such as '2030-01-31T00:00:00Z'."
+                    ))
+                })
+        }
+        Some(_) => Err(bad_request(&format!(
+            "Invalid value specified for property '{property}' of resource '{resource}': send an ISO 8601 date and time string."
+        ))),
+    }
+}
+
+/// A credential's `displayName`: `null`/absent or a string of at most 1024 characters.
+fn credential_name(v: Option<&Value>, resource: &str) -> Result<Option<String>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= MAX_CREDENTIAL_NAME => Ok(Some(s.clone())),
+        Some(_) => Err(bad_request(&format!(
+            "Invalid value specified for property 'displayName' of resource '{resource}': send a string of at most {MAX_CREDENTIAL_NAME} characters."
+        ))),
+    }
+}
+
+/// `POST applications/{id}/addPassword`: a new client secret, returned once (its hash is kept).
+fn add_password(ctx: &Ctx, caller: &Caller, object_id: Uuid, body: &[u8], meta: &str) -> Result<Response> {
+    // Graph accepts an empty body (all of passwordCredential's properties are optional).
+    let req: Map<String, Value> =
+        if body.iter().all(u8::is_ascii_whitespace) { Map::new() } else { errors::parse_json(Surface::Graph, body)? };
+    let cred = match req.get("passwordCredential") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(o)) => o.clone(),
+        Some(_) => {
+            return Err(bad_request(
+                "Invalid value specified for property 'passwordCredential': send an object such as {\"passwordCredential\": {\"displayName\": \"...\"}}.",
+            ));
+        }
+    };
+    let resource = "PasswordCredential";
+    let display_name = credential_name(cred.get("displayName"), resource)?;
+    let now = ctx.now();
+    let start = date_time(cred.get("startDateTime"), "startDateTime", resource)?.unwrap_or(now);
+    let end =
+        date_time(cred.get("endDateTime"), "endDateTime", resource)?.unwrap_or(start + DEFAULT_PASSWORD_LIFETIME_SECS);
+    if end <= start {
+        return Err(bad_request(
+            "Invalid value specified for property 'endDateTime' of resource 'PasswordCredential': it must be later than startDateTime.",
+        ));
+    }
+    if !caller.admin {
+        return Err(denied());
+    }
+    let secret = crate::state::new_client_secret();
+    let stored = SecretCredential {
+        key_id: Uuid::new_v4(),
+        hint: secret.chars().take(3).collect(),
+        sha256: crate::state::sha256_hex(secret.as_bytes()),
+        end_date_time: end,
+        start_date_time: Some(start),
+        display_name,
+    };
+    let saved = stored.clone();
+    ctx.mutate(move |s| -> Result<()> {
+        let app = s.applications.get_mut(&object_id).ok_or_else(|| not_found(&object_id.to_string()))?;
+        app.secrets.push(saved);
+        Ok(())
+    })?;
+    Ok(ok(
+        StatusCode::OK,
+        json!({
+            "@odata.context": format!("{meta}microsoft.graph.passwordCredential"),
+            "customKeyIdentifier": null,
+            "displayName": stored.display_name,
+            "endDateTime": iso(stored.end_date_time),
+            "hint": stored.hint,
+            "keyId": stored.key_id,
+            "secretText": secret,
+            "startDateTime": iso(start),
+        }),
+    ))
+}
+
+/// `POST applications/{id}/removePassword` with `{"keyId": "..."}`: 204.
+fn remove_password(ctx: &Ctx, caller: &Caller, object_id: Uuid, body: &[u8]) -> Result<Response> {
+    let req: Map<String, Value> = errors::parse_json(Surface::Graph, body)?;
+    let key_id = match req.get("keyId") {
+        Some(Value::String(k)) => k
+            .parse::<Uuid>()
+            .map_err(|_| bad_request(&format!("Invalid value specified for property 'keyId': '{k}' is not a GUID.")))?,
+        _ => {
+            return Err(bad_request(
+                "Property 'keyId' is required: send {\"keyId\": \"<keyId of the password credential>\"}.",
+            ));
+        }
+    };
+    if !caller.admin {
+        return Err(denied());
+    }
+    ctx.mutate(|s| -> Result<()> {
+        let app = s.applications.get_mut(&object_id).ok_or_else(|| not_found(&object_id.to_string()))?;
+        let before = app.secrets.len();
+        app.secrets.retain(|c| c.key_id != key_id);
+        if app.secrets.len() == before {
+            return Err(reject(errors::graph(
+                StatusCode::NOT_FOUND,
+                "Request_ResourceNotFound",
+                &format!("No password credential with keyId '{key_id}' exists on application '{object_id}'."),
+            )));
+        }
+        Ok(())
+    })?;
+    Ok(no_content())
+}
+
+fn invalid_key(message: &str) -> Reject {
+    reject(errors::graph(StatusCode::BAD_REQUEST, "KeyCredentialsInvalidValue", message))
+}
+
+/// One entry of a PATCHed `keyCredentials` collection, resolved against the app's certificates:
+/// an existing credential (named by keyId, `key` null or the same certificate) or a new one.
+fn key_credential(v: &Value, existing: &[CertificateCredential], now: i64) -> Result<CertificateCredential> {
+    let resource = "KeyCredential";
+    let obj = v.as_object().ok_or_else(|| {
+        bad_request("Invalid value specified for property 'keyCredentials' of resource 'Application': send an array of keyCredential objects.")
+    })?;
+    let key_id = match obj.get("keyId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k.parse::<Uuid>().map_err(|_| {
+            bad_request(&format!(
+                "Invalid value specified for property 'keyId' of resource 'KeyCredential': '{k}' is not a GUID."
+            ))
+        })?),
+        Some(_) => {
+            return Err(bad_request(
+                "Invalid value specified for property 'keyId' of resource 'KeyCredential': send a GUID string.",
+            ));
+        }
+    };
+    let known = key_id.and_then(|k| existing.iter().find(|c| c.key_id == k));
+    let key = match obj.get("key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if k.is_empty() => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => {
+            return Err(invalid_key(
+                "Key credential value is invalid: send 'key' as the base64 DER of an X.509 certificate.",
+            ));
+        }
+    };
+    let Some(key) = key else {
+        // Keeping an existing credential: Graph returns `key` as null, so clients send it back so.
+        return known.cloned().ok_or_else(|| invalid_key("KeyValue cannot be null or empty."));
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some(t) if t.eq_ignore_ascii_case("AsymmetricX509Cert") => {}
+        _ => {
+            return Err(bad_request(
+                "The value for the property \"type\" in one of your credentials is invalid. Acceptable values are AsymmetricX509Cert, X509CertAndPassword.",
+            ));
+        }
+    }
+    match obj.get("usage").and_then(Value::as_str) {
+        Some(u) if u.eq_ignore_ascii_case("Verify") => {}
+        // "Sign" holds a private key for SAML token signing, which the emulator does not model.
+        _ => {
+            return Err(bad_request(
+                "The value for the property \"usage\" in one of your credentials is invalid. The emulator accepts Verify (a certificate that signs client assertions).",
+            ));
+        }
+    }
+    let der = B64.decode(key.trim()).map_err(|_| {
+        invalid_key("Key credential value is invalid: 'key' is not base64. Send the base64 DER of an X.509 certificate (a PEM without its header lines).")
+    })?;
+    let mut cred = crate::admin::certificate_credential_from_der(&der, now)
+        .map_err(|e| invalid_key(&format!("Key credential value is invalid: the certificate {e}.")))?;
+    if let Some(k) = known {
+        if k.sha1 != cred.sha1 {
+            return Err(bad_request(&format!(
+                "Update to existing credential with KeyId '{}' is not allowed.",
+                k.key_id
+            )));
+        }
+        return Ok(k.clone());
+    }
+    let start = date_time(obj.get("startDateTime"), "startDateTime", resource)?.unwrap_or(cred.not_before);
+    let end = date_time(obj.get("endDateTime"), "endDateTime", resource)?.unwrap_or(cred.not_after);
+    if end > cred.not_after || end <= start {
+        return Err(reject(errors::graph(
+            StatusCode::BAD_REQUEST,
+            "KeyCredentialsInvalidEndDate",
+            "Key credential end date is invalid.",
+        )));
+    }
+    if start < cred.not_before {
+        return Err(reject(errors::graph(
+            StatusCode::BAD_REQUEST,
+            "KeyCredentialsInvalidStartDate",
+            "Key credential start date is invalid.",
+        )));
+    }
+    cred.not_before = start;
+    cred.not_after = end;
+    cred.key_id = key_id.unwrap_or_else(Uuid::new_v4);
+    cred.display_name = credential_name(obj.get("displayName"), resource)?;
+    Ok(cred)
+}
+
+/// A PATCHed `keyCredentials` collection as the app's new certificate list.
+fn resolve_key_credentials(
+    items: &[Value],
+    existing: &[CertificateCredential],
+    now: i64,
+) -> Result<Vec<CertificateCredential>> {
+    let mut out: Vec<CertificateCredential> = Vec::with_capacity(items.len());
+    for item in items {
+        let cred = key_credential(item, existing, now)?;
+        if out.iter().any(|c| c.key_id == cred.key_id) {
+            return Err(bad_request(&format!(
+                "The keyId '{}' appears more than once in keyCredentials: each credential needs its own keyId.",
+                cred.key_id
+            )));
+        }
+        out.push(cred);
+    }
+    Ok(out)
+}
+
+/// `PATCH applications/{id}`: `displayName` and the `keyCredentials` collection (replaced as a
+/// whole, as Graph does: existing credentials are kept by sending them back with `key` null).
+/// Everything is validated before anything is stored.
+fn patch_application(ctx: &Ctx, caller: &Caller, app: &Application, body: &[u8]) -> Result<Response> {
+    let patch: Map<String, Value> = errors::parse_json(Surface::Graph, body)?;
+    let now = ctx.now();
+    let mut name = None;
+    let mut key_items: Option<Vec<Value>> = None;
+    for (k, v) in &patch {
+        match k.as_str() {
+            "displayName" => {
+                let n = v.as_str().filter(|s| !s.trim().is_empty() && s.len() <= 256).ok_or_else(|| {
+                    bad_request("Invalid value specified for property 'displayName' of resource 'Application': send a non-empty string of at most 256 characters.")
+                })?;
+                name = Some(n.to_string());
+            }
+            "keyCredentials" => {
+                let items = v.as_array().ok_or_else(|| {
+                    bad_request("Invalid value specified for property 'keyCredentials' of resource 'Application': send an array of keyCredential objects.")
+                })?;
+                // Checked here against the snapshot, and again inside `mutate` against the state
+                // it writes (a concurrent change may have added or removed a certificate).
+                resolve_key_credentials(items, &app.certificates, now)?;
+                key_items = Some(items.clone());
+            }
+            "passwordCredentials" => {
+                return Err(bad_request("New password credentials must be generated using service actions."));
+            }
+            // Accepted and not modelled.
+            "tags" | "notes" | "description" => {}
+            other => {
+                return Err(bad_request(&format!(
+                    "Property '{other}' cannot be updated through the emulator's Graph (it supports displayName, keyCredentials, tags, notes and description)."
+                )));
+            }
+        }
+    }
+    if !caller.admin {
+        return Err(denied());
+    }
+    let object_id = app.object_id;
+    ctx.mutate(move |s| -> Result<()> {
+        let app = s.applications.get_mut(&object_id).ok_or_else(|| not_found(&object_id.to_string()))?;
+        if let Some(n) = name {
+            app.display_name = n;
+        }
+        if let Some(items) = &key_items {
+            app.certificates = resolve_key_credentials(items, &app.certificates, now)?;
+        }
+        Ok(())
+    })?;
+    Ok(no_content())
 }
 
 #[derive(serde::Deserialize)]

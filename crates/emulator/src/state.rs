@@ -92,6 +92,11 @@ pub struct SecretCredential {
     /// Hex SHA-256 of the secret. The secret itself is never stored.
     pub sha256: String,
     pub end_date_time: i64,
+    /// When the secret starts to work (`None`: since the app was created, as older data dirs had).
+    #[serde(default)]
+    pub start_date_time: Option<i64>,
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,8 +108,11 @@ pub struct CertificateCredential {
     pub sha256: String,
     /// Base64 DER of the certificate's SubjectPublicKeyInfo.
     pub spki_der_b64: String,
+    /// The credential's validity (Graph's startDateTime/endDateTime): within the certificate's.
     pub not_before: i64,
     pub not_after: i64,
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,6 +444,8 @@ impl State {
                 hint: secret[..3].to_string(),
                 sha256: sha256_hex(secret.as_bytes()),
                 end_date_time: now + 10 * 365 * 86400,
+                start_date_time: Some(now),
+                display_name: None,
             }],
             certificates: vec![],
             federated: vec![],
@@ -497,6 +507,8 @@ impl State {
             hint: secret[..3].to_string(),
             sha256: sha256_hex(secret.as_bytes()),
             end_date_time: now + 10 * 365 * 86400,
+            start_date_time: Some(now),
+            display_name: None,
         });
         b.client_secret_sha256 = sha256_hex(secret.as_bytes());
         b.client_secret = None;

@@ -70,6 +70,7 @@ impl TestCert {
             spki_der_b64: STANDARD.encode(parsed.public_key().raw),
             not_before: parsed.validity().not_before.timestamp(),
             not_after: parsed.validity().not_after.timestamp(),
+            display_name: None,
         }
     }
 }
@@ -134,6 +135,8 @@ fn add_secret(t: &TestEmu, app_id: Uuid) -> String {
         hint: secret[..3].to_string(),
         sha256: atrest_emulator::state::sha256_hex(secret.as_bytes()),
         end_date_time: now() + 86400,
+        start_date_time: None,
+        display_name: None,
     };
     edit_app(t, app_id, |a| a.secrets.push(cred));
     secret
