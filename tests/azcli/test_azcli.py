@@ -107,6 +107,35 @@ class Step:
     source: str = ""               # where atrest prints it (or "seeds")
 
 
+def reset_output(password):
+    """`az ad app credential reset` printed {appId, password, tenant} for the platform app; with
+    `password` a new client secret (never put in the failure message), otherwise null."""
+    def check(out, v):
+        r = js(out)
+        assert r["appId"] == v["APP"], f"appId {r.get('appId')!r}"
+        assert r["tenant"] == v["PLATFORM_TENANT"], f"tenant {r.get('tenant')!r}"
+        if password:
+            assert isinstance(r["password"], str) and len(r["password"]) >= 40, "password is not a client secret"
+        else:
+            assert r["password"] is None, "password is set for a certificate credential"
+    return check
+
+
+def then_line(first, line):
+    """The output is a JSON document checked by `first`, then the line `line` (a template)."""
+    def check(out, v):
+        body, _, last = out.rstrip("\n").rpartition("\n")
+        assert last.strip() == line.format(**v), f"last line {last!r}"
+        first(body, v)
+    return check
+
+
+# az logs in again as the platform's admin after signing in as the app, so later steps run as before.
+RELOGIN_PLATFORM_ADMIN = (
+    "az login --service-principal -u {PLATFORM_ADMIN} -p \"$PLATFORM_ADMIN_SECRET\" --tenant {PLATFORM_TENANT} -o none"
+)
+
+
 def kid_version(out):
     return js(out)["key"]["kid"].rstrip("/").rsplit("/", 1)[1]
 
@@ -227,13 +256,33 @@ STEPS = [
          "'{{\"name\":\"atrest-nodes\",\"issuer\":\"https://token.actions.githubusercontent.com\",\"subject\":\"repo:org/repo:ref:refs/heads/main\",\"audiences\":[\"api://AzureADTokenExchange\"]}}'",
          all_of(json_field("name", "atrest-nodes"), json_field("subject", "repo:org/repo:ref:refs/heads/main")),
          source="crates/azure/src/entra_error.rs"),
+    Step("new client secret (appended)",
+         "az ad app credential reset --id {APP} --append",
+         reset_output(password=True), keep={"APP_SECRET": lambda out: js(out)["password"]},
+         source="crates/azure/src/entra_error.rs"),
+    Step("the new client secret signs in",
+         "az login --service-principal -u {APP} -p \"$APP_SECRET\" --tenant {PLATFORM_TENANT} --allow-no-subscriptions -o none && "
+         "az account show --query user.name -o tsv && " + RELOGIN_PLATFORM_ADMIN,
+         eq("{APP}"), source="crates/azure/src/entra_error.rs"),
+    Step("new certificate (appended), and it signs in",
+         "d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT && cd \"$d\" && "
+         "openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 30 -subj /CN=atrest-azcli 2>/dev/null && "
+         "az ad app credential reset --id {APP} --cert @cert.pem --append && "
+         "cat key.pem cert.pem > both.pem && "
+         "az login --service-principal -u {APP} --certificate both.pem --tenant {PLATFORM_TENANT} --allow-no-subscriptions -o none && "
+         "az account show --query user.name -o tsv && " + RELOGIN_PLATFORM_ADMIN,
+         then_line(reset_output(password=False), "{APP}"), source="crates/azure/src/entra_error.rs"),
+    Step("the app lists both credentials, without the secret",
+         "az ad app show --id {APP} --query \"{{p: passwordCredentials, k: keyCredentials}}\"",
+         lambda out, v: (len(js(out)["k"]) == 1 and js(out)["k"][0]["type"] == "AsymmetricX509Cert"
+                         and js(out)["k"][0]["key"] is None and js(out)["p"]
+                         and all(p["secretText"] is None for p in js(out)["p"])) or pytest.fail("unexpected credentials"),
+         source="crates/azure/src/entra_error.rs"),
 ]
 
 # Commands atrest prints that this suite cannot run yet, each with the reason. The coverage
 # test accepts these, and prints them, so they stay visible.
-NOT_RUN = {
-    "ad app credential reset": "the emulator's Graph has no applications/{id}/addPassword and no keyCredentials PATCH yet",
-}
+NOT_RUN = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,12 +292,22 @@ NOT_RUN = {
 def run(cmd, values):
     """Run `cmd` (placeholders filled in) with bash -euo pipefail; secrets only in the environment."""
     filled = cmd.format(**values)
-    env = dict(os.environ, PATH=f"{AZ_BIN}:{os.environ.get('PATH', '')}",
-               PLATFORM_ADMIN_SECRET=values["PLATFORM_ADMIN_SECRET"], CUSTOMER_SECRET=values["CUSTOMER_SECRET"])
+    # Every *_SECRET value (the admins' secrets, secrets a step created) goes to bash as an
+    # environment variable of that name, never into a command line.
+    secrets = {k: str(val) for k, val in values.items() if k.endswith("_SECRET")}
+    env = dict(os.environ, PATH=f"{AZ_BIN}:{os.environ.get('PATH', '')}", **secrets)
     p = subprocess.run(["bash", "-euo", "pipefail", "-c", filled], capture_output=True, text=True, env=env,
                        timeout=300)
-    assert p.returncode == 0, f"`{filled}` exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert p.returncode == 0, redact(f"`{filled}` exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}", values)
     return filled, p.stdout
+
+
+def redact(text, values):
+    """`text` without the value of any *_SECRET (outputs such as credential reset's carry one)."""
+    for k, val in values.items():
+        if k.endswith("_SECRET") and val:
+            text = text.replace(str(val), f"<{k}>")
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -303,12 +362,13 @@ def values():
 @pytest.mark.parametrize("step", STEPS, ids=[s.name for s in STEPS])
 def test_step(step, values):
     filled, out = run(step.cmd, values)
+    kept = {name: get(out) for name, get in step.keep.items()}
     try:
         step.check(out, values)
-    except AssertionError as e:
-        raise AssertionError(f"`{filled}` printed something else ({step.source}):\n{e}") from None
-    for name, get in step.keep.items():
-        values[name] = get(out)
+    except (AssertionError, pytest.fail.Exception) as e:
+        message = redact(redact(f"`{filled}` printed something else ({step.source}):\n{e}", values), kept)
+        raise AssertionError(message) from None
+    values.update(kept)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! Microsoft Graph v1.0, the subset that onboarding a service principal uses (`az ad sp create`,
-//! `az role assignment create --assignee <appId>`, `az ad app federated-credential create`):
-//! servicePrincipals, applications with their federated identity credentials, and
-//! directoryObjects/getByIds. Shapes follow `shared/reference/azure-protocols.md` §5.
+//! `az role assignment create --assignee <appId>`, `az ad app federated-credential create`,
+//! `az ad app credential reset [--cert] --append`): servicePrincipals, applications with their
+//! federated identity credentials, password credentials (addPassword/removePassword) and
+//! certificate credentials (PATCH keyCredentials), and directoryObjects/getByIds. Shapes follow `shared/reference/azure-protocols.md` §5.
 //!
 //! Every request needs an emulator-issued token for the Graph resource of the cloud whose host
 //! was called; the caller's `tid` scopes every read and write to that tenant, as in Entra. Only
@@ -1119,7 +1120,9 @@ fn key_credential(v: &Value, existing: &[CertificateCredential], now: i64) -> Re
             ));
         }
     }
-    let der = B64.decode(key.trim()).map_err(|_| {
+    // A PEM body pasted as is carries line breaks; base64 ignores them.
+    let compact: String = key.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = B64.decode(compact).map_err(|_| {
         invalid_key("Key credential value is invalid: 'key' is not base64. Send the base64 DER of an X.509 certificate (a PEM without its header lines).")
     })?;
     let mut cred = crate::admin::certificate_credential_from_der(&der, now)
