@@ -294,6 +294,44 @@ pub enum Admin {
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
     },
+    /// Create a single-use join token for a cluster's next data node (atrest node --join-token).
+    #[command(name = "create-join-token")]
+    JoinToken {
+        /// The project (group) id.
+        #[arg(long)]
+        group: String,
+        /// The cluster's name.
+        #[arg(long)]
+        cluster: String,
+        /// How long the token may be used, 60 to 86400 seconds.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=86400))]
+        ttl_secs: u64,
+    },
+    /// Create a data credential for a cluster's data API (Authorization: Bearer <credential>).
+    #[command(name = "create-data-credential")]
+    DataCredential {
+        /// The project (group) id.
+        #[arg(long)]
+        group: String,
+        /// The cluster's name.
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
+/// The cluster `name` of project `group`, with errors that say what to fix.
+async fn admin_cluster(
+    state: &atrest_control::state::AppState,
+    group: &str,
+    name: &str,
+) -> anyhow::Result<atrest_store::Cluster> {
+    let group = GroupId::parse(group).map_err(|e| anyhow::anyhow!("--group '{group}': {e}"))?;
+    state.store.get_cluster(&group, name).await.map_err(|e| match e {
+        atrest_store::StoreError::NotFound { .. } => anyhow::anyhow!(
+            "project {group} has no cluster named '{name}': list them with GET /api/atlas/v2/groups/{group}/clusters"
+        ),
+        other => anyhow::anyhow!("{other}"),
+    })
 }
 
 fn parse_roles(specs: &[String]) -> anyhow::Result<Roles> {
@@ -423,6 +461,31 @@ pub async fn admin(target: AdminTarget, cmd: Admin) -> anyhow::Result<()> {
                 json!({"clientId": sa.client_id.as_str(), "clientSecret": secret.expose_secret(), "orgId": org.as_str()})
             );
             eprintln!("The secret is shown once; store it now.");
+        }
+        Admin::JoinToken { group, cluster, ttl_secs } => {
+            let c = admin_cluster(&state, &group, &cluster).await?;
+            let (token, expires_at) =
+                atrest_control::api::nodes::issue_join_token(&state, &c, ttl_secs, "atrest admin")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+            println!(
+                "{}",
+                json!({"token": token, "expiresAt": atrest_control::api::atlas_time(expires_at), "groupId": c.group_id.as_str(), "clusterName": c.name})
+            );
+            eprintln!(
+                "Single use; shown once. Start the node with: atrest node --control-plane <url> --join-token <token> --data-dir <dir>"
+            );
+        }
+        Admin::DataCredential { group, cluster } => {
+            let c = admin_cluster(&state, &group, &cluster).await?;
+            let (id, credential, created) = atrest_control::api::nodes::issue_data_credential(&state, &c)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+            println!(
+                "{}",
+                json!({"id": id.as_str(), "credential": credential, "createdAt": atrest_control::api::atlas_time(created)})
+            );
+            eprintln!("The credential is shown once; store it now.");
         }
     }
     state.store.close().await;

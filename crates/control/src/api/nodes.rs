@@ -84,25 +84,7 @@ pub async fn create_join_token(
         },
     };
     f.finish()?;
-    if cluster.deleting {
-        return Err(deleting(&cluster));
-    }
-    let id = JoinTokenId::new_random();
-    let token = new_secret(JOIN_PREFIX, id.as_str());
-    let now = state.now();
-    let expires_at = now + TimeDuration::seconds(ttl as i64);
-    state
-        .store
-        .create_join_token(&JoinToken {
-            id,
-            token_sha256: sha256(token.as_bytes()),
-            group_id: cluster.group_id.clone(),
-            cluster_id: cluster.id.clone(),
-            created_by: caller.label.clone(),
-            created_at: now,
-            expires_at,
-        })
-        .await?;
+    let (token, expires_at) = issue_join_token(&state, &cluster, ttl, &caller.label).await?;
     Ok((
         StatusCode::CREATED,
         ok_json(json!({
@@ -113,6 +95,58 @@ pub async fn create_join_token(
         })),
     )
         .into_response())
+}
+
+/// Makes a join token for `cluster` living `ttl_secs`; returns it (shown once) and its expiry.
+/// Shared by the API and `atrest admin create-join-token`.
+pub async fn issue_join_token(
+    state: &AppState,
+    cluster: &Cluster,
+    ttl_secs: u64,
+    created_by: &str,
+) -> ApiResult<(String, time::OffsetDateTime)> {
+    if cluster.deleting {
+        return Err(deleting(cluster));
+    }
+    let id = JoinTokenId::new_random();
+    let token = new_secret(JOIN_PREFIX, id.as_str());
+    let now = state.now();
+    let expires_at = now + TimeDuration::seconds(ttl_secs as i64);
+    state
+        .store
+        .create_join_token(&JoinToken {
+            id,
+            token_sha256: sha256(token.as_bytes()),
+            group_id: cluster.group_id.clone(),
+            cluster_id: cluster.id.clone(),
+            created_by: created_by.to_string(),
+            created_at: now,
+            expires_at,
+        })
+        .await?;
+    Ok((token, expires_at))
+}
+
+/// Makes a data credential for `cluster`; returns its id, the credential (shown once) and
+/// when it was made. Shared by the API and `atrest admin create-data-credential`.
+pub async fn issue_data_credential(
+    state: &AppState,
+    cluster: &Cluster,
+) -> ApiResult<(DataCredentialId, String, time::OffsetDateTime)> {
+    let id = DataCredentialId::new_random();
+    let credential = new_secret(DATA_PREFIX, id.as_str());
+    let now = state.now();
+    state
+        .store
+        .create_data_credential(&DataCredential {
+            id: id.clone(),
+            cluster_id: cluster.id.clone(),
+            credential_sha256: sha256(credential.as_bytes()),
+            created_at: now,
+        })
+        .await?;
+    state.nodes_config_changed();
+    Ok((id, credential, now))
 }
 
 fn deleting(c: &Cluster) -> ApiError {
@@ -190,19 +224,7 @@ pub async fn create_data_credential(
 ) -> ApiResult<Response> {
     let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Write).await?;
     Fields::new("", body).finish()?;
-    let id = DataCredentialId::new_random();
-    let credential = new_secret(DATA_PREFIX, id.as_str());
-    let now = state.now();
-    state
-        .store
-        .create_data_credential(&DataCredential {
-            id: id.clone(),
-            cluster_id: cluster.id.clone(),
-            credential_sha256: sha256(credential.as_bytes()),
-            created_at: now,
-        })
-        .await?;
-    state.nodes_config_changed();
+    let (id, credential, now) = issue_data_credential(&state, &cluster).await?;
     Ok((
         StatusCode::CREATED,
         ok_json(json!({"id": id.as_str(), "credential": credential, "createdAt": atlas_time(now)})),
