@@ -449,24 +449,29 @@ impl Supervisor {
                     Duration::from_secs(cfg.check_interval_secs.max(1))
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                r = config.changed() => { if r.is_err() { return; } }
-                _ = revoked.notified() => {
-                    let why = revoked_why.read().clone();
-                    self.drop_keys();
-                    self.gate.publish(|s| {
-                        s.state = NodeState::ShutDown;
-                        s.last_error = Some(ReportedError {
-                            kind: "DENIED",
-                            azure_code: Some(REVOKED_CODE.into()),
-                            message: format!("the control plane revoked this node: {why}"),
-                            fix: Some("join a fresh data dir with a new join token (atrest admin create-join-token)".into()),
-                        });
+            let revoked_now = tokio::select! {
+                _ = tokio::time::sleep(interval) => false,
+                // The poller ends only when the control plane revoked the node (it drops the
+                // sender then), so a closed channel means the same as the notification.
+                r = config.changed() => r.is_err(),
+                _ = revoked.notified() => true,
+            };
+            if revoked_now {
+                let why = revoked_why.read().clone();
+                self.drop_keys();
+                self.gate.publish(|s| {
+                    s.state = NodeState::ShutDown;
+                    s.last_error = Some(ReportedError {
+                        kind: "DENIED",
+                        azure_code: Some(REVOKED_CODE.into()),
+                        message: format!("the control plane revoked this node: {why}"),
+                        fix: Some(
+                            "join a fresh data dir with a new join token (atrest admin create-join-token)".into(),
+                        ),
                     });
-                    let _ = done.send(NodeError::Revoked(why));
-                    return;
-                }
+                });
+                let _ = done.send(NodeError::Revoked(why));
+                return;
             }
         }
     }

@@ -18,6 +18,7 @@ const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
 
 struct Cluster {
     group: String,
+    role: String,
     name: String,
     tenant: support::Tenant,
     crypto_assignment: String,
@@ -57,7 +58,7 @@ async fn cluster(env: &Env) -> Cluster {
         atrest_post(env, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"), json!({})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let data_credential = v["credential"].as_str().unwrap().to_string();
-    Cluster { group, name: "Cluster0".into(), tenant, crypto_assignment, data_credential }
+    Cluster { group, role, name: "Cluster0".into(), tenant, crypto_assignment, data_credential }
 }
 
 async fn join_token(env: &Env, c: &Cluster) -> String {
@@ -156,6 +157,48 @@ async fn a_node_serves_encrypted_data_shuts_down_on_revocation_and_comes_back() 
     let v: Value = http.get(doc("a")).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
     assert_eq!(v, json!({"m": marker}));
 
+    // Customer-key rotation: a new key version, PATCHed in. The node re-wraps its master key
+    // (32 bytes; no page is rewritten) and reports the new version; disabling the old version
+    // afterwards harms nothing.
+    let old_version = serving.key_version.clone().unwrap();
+    let new_kid = c.tenant.customer.create_key(&c.tenant.vault, "cmk", None).await.unwrap();
+    let new_version = new_kid.rsplit('/').next().unwrap().to_string();
+    assert_ne!(new_version, old_version);
+    let mut block = c.tenant.ear_block(&c.role);
+    block["keyIdentifier"] = json!(new_kid);
+    let (s, v) = env.patch_ear(&c.group, block).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node.handle().gate().status().key_version.as_deref() != Some(new_version.as_str()) {
+        assert!(tokio::time::Instant::now() < deadline, "no re-wrap: {:?}", node.handle().gate().status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.tenant
+        .customer
+        .update_key(&c.tenant.vault, "cmk", &old_version, json!({"attributes": {"enabled": false}}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(node.handle().gate().status().state, NodeState::Serving, "disabling the old version harmed the node");
+
+    // Master-key rotation on request: generation 2, same data.
+    let id = node.handle().identity().node_id.clone();
+    let (s, v) = env
+        .atlas(
+            Method::POST,
+            &format!("/api/atrest/v1/groups/{}/clusters/{}/nodes/{id}:rotateMasterKey", c.group, c.name),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node.handle().gate().status().master_key_generation != Some(2) {
+        assert!(tokio::time::Instant::now() < deadline, "no master-key rotation: {:?}", node.handle().gate().status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v: Value = http.get(doc("a")).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"m": marker}));
+
     // Nothing on disk holds the marker in clear.
     node.shutdown().await;
     for entry in std::fs::read_dir(&node_dir).unwrap() {
@@ -177,4 +220,59 @@ async fn a_node_serves_encrypted_data_shuts_down_on_revocation_and_comes_back() 
     let v: Value = http.get(url).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
     assert_eq!(v, json!({"m": marker}));
     again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_key_vault_degrades_but_serves_and_a_revoked_node_stops() {
+    let env = Env::start_with(options_with_fast_checks()).await;
+    let c = cluster(&env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = join_token(&env, &c).await;
+    let mut node =
+        EmbeddedNode::start(options(&env, &dir.path().join("n"), Some(token)), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    let http = reqwest::Client::new();
+    let doc = format!("{}/v1/collections/c/documents/d", node.url());
+    let r = http.put(&doc).bearer_auth(&c.data_credential).json(&json!(1)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Key Vault answers 503 to everything: not a denial. The node keeps its keys and serves.
+    let fault = env
+        .emulator_admin(
+            Method::POST,
+            "faults",
+            Some(json!({"vault": c.tenant.vault, "kind": {"kind": "server_error", "status": 503}})),
+        )
+        .await;
+    let degraded = wait_state(&node, NodeState::Degraded, Duration::from_secs(20)).await;
+    assert_eq!(degraded.last_error.as_ref().unwrap().kind, "UNREACHABLE", "{degraded:?}");
+    let r = http.get(&doc).bearer_auth(&c.data_credential).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "a degraded node must keep serving");
+    let ok = env
+        .wait_for(Duration::from_secs(10), || async {
+            let (_, v) = env
+                .atlas(Method::GET, &format!("/api/atrest/v1/groups/{}/clusters/{}/nodes", c.group, c.name), None)
+                .await;
+            v["results"][0]["state"] == "DEGRADED"
+        })
+        .await;
+    assert!(ok, "the control plane never saw DEGRADED");
+    env.emulator_admin(Method::DELETE, &format!("faults/{}", fault["id"].as_str().unwrap()), None).await;
+    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    let types = env.event_types(&c.group).await;
+    assert!(types.iter().any(|t| t == "ENCRYPTION_AT_REST_KMS_NETWORK_ACCESS_DENIED"), "{types:?}");
+
+    // The operator revokes the node: it drops its keys and stops for good.
+    let id = node.handle().identity().node_id.clone();
+    let (s, v) = env
+        .atlas(Method::DELETE, &format!("/api/atrest/v1/groups/{}/clusters/{}/nodes/{id}", c.group, c.name), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let stopped = tokio::time::timeout(Duration::from_secs(40), node.stopped()).await.expect("the node did not stop");
+    assert!(matches!(stopped, atrest_node::NodeError::Revoked(_)), "{stopped}");
+    let r = http.get(&doc).bearer_auth(&c.data_credential).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    node.shutdown().await;
 }

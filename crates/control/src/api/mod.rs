@@ -56,7 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/groups/{groupId}/encryptionAtRest/azureKeyVault/status", get(ear::status))
         .route("/groups/{groupId}/clusters/{clusterName}/joinTokens", post(nodes::create_join_token))
         .route("/groups/{groupId}/clusters/{clusterName}/nodes", get(nodes::list_nodes))
-        .route("/groups/{groupId}/clusters/{clusterName}/nodes/{nodeId}", delete(nodes::revoke_node))
+        .route(
+            "/groups/{groupId}/clusters/{clusterName}/nodes/{nodeId}",
+            delete(nodes::revoke_node).post(nodes::node_action),
+        )
         .route(
             "/groups/{groupId}/clusters/{clusterName}/dataCredentials",
             get(nodes::list_data_credentials).post(nodes::create_data_credential),

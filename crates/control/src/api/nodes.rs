@@ -215,6 +215,37 @@ pub async fn revoke_node(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST .../clusters/{clusterName}/nodes/{nodeId}:rotateMasterKey` (Project Owner): the node
+/// makes a new master key and re-seals its data keys on its next configuration read (no page is
+/// rewritten). The path segment is matched whole (`{nodeId}:rotateMasterKey`) and split here.
+pub async fn node_action(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, name, segment)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let cluster = cluster_of(&state, &caller, &group_id, &name, Access::Write).await?;
+    let Some(node_id) = segment.strip_suffix(":rotateMasterKey") else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::RESOURCE_NOT_FOUND,
+            format!("No action {}: POST .../nodes/{{nodeId}}:rotateMasterKey is the one there is.", echo(&segment)),
+        ));
+    };
+    let id = NodeId::parse(node_id).map_err(|_| node_not_found(node_id))?;
+    match state.store.request_master_key_rotation(&cluster.id, &id).await {
+        Ok(node) => {
+            state.nodes_config_changed();
+            Ok((
+                StatusCode::ACCEPTED,
+                ok_json(json!({"id": node.id.as_str(), "masterKeyRotationNonce": node.master_key_rotation_nonce})),
+            )
+                .into_response())
+        }
+        Err(StoreError::NotFound { .. }) => Err(node_not_found(node_id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `POST .../clusters/{clusterName}/dataCredentials` (Project Owner).
 pub async fn create_data_credential(
     State(state): State<AppState>,
