@@ -276,3 +276,31 @@ async fn unreachable_key_vault_degrades_but_serves_and_a_revoked_node_stops() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_the_control_plane_is_down_stays_locked_and_says_why() {
+    let env = Env::start_with(options_with_fast_checks()).await;
+    let c = cluster(&env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = dir.path().join("n");
+    let token = join_token(&env, &c).await;
+    let node =
+        EmbeddedNode::start(options(&env, &node_dir, Some(token)), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    node.shutdown().await;
+    let opts = options(&env, &node_dir, None);
+    let support::Env { control, .. } = env;
+    control.shutdown().await;
+
+    // Joined before, so it starts; without the control plane it gets no token, hence no key.
+    let node = EmbeddedNode::start(opts, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = node.handle().gate().status();
+    assert_eq!(s.state, NodeState::Locked, "{s:?}");
+    let e = s.last_error.expect("a locked node says why");
+    assert_eq!(e.kind, "UNREACHABLE", "{e:?}");
+    assert!(e.message.contains("control plane"), "{e:?}");
+    let r = reqwest::get(format!("{}/healthz", node.url())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    node.shutdown().await;
+}
