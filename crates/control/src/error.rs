@@ -100,6 +100,7 @@ pub mod codes {
     // atrest's own codes for the node API (docs/design/node-api-draft.md).
     pub const NODE_REVOKED: &str = "NODE_REVOKED";
     pub const NODE_NOT_FOUND: &str = "NODE_NOT_FOUND";
+    pub const CLUSTER_DELETING: &str = "CLUSTER_DELETING";
     pub const INVALID_JOIN_TOKEN: &str = "INVALID_JOIN_TOKEN";
     pub const AZURE_TOKEN_DENIED: &str = "AZURE_TOKEN_DENIED";
     pub const AZURE_TOKEN_UNAVAILABLE: &str = "AZURE_TOKEN_UNAVAILABLE";

@@ -271,4 +271,19 @@ async fn the_config_long_poll_waits_and_wakes_and_tokens_work_in_key_vault() {
     assert!(kv.is_ok(), "Key Vault refused the node's token: {kv:?}");
     let (s, v) = node_call(&env, Method::POST, "token", Some(&cred), Some(json!({"authMode": "STATIC"}))).await;
     assert_eq!((s, v["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_ATTRIBUTE")), "{v}");
+
+    // A cluster being deleted (its node is still active) takes no new node.
+    let r = env
+        .http
+        .delete(format!("{}/api/atlas/v2/groups/{group}/clusters/Cluster0", env.url()))
+        .bearer_auth(&env.token)
+        .header("Accept", "application/vnd.atlas.2023-02-01+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+    let (s, v) = env
+        .atlas(Method::POST, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/joinTokens"), Some(json!({})))
+        .await;
+    assert_eq!((s, v["errorCode"].as_str()), (StatusCode::CONFLICT, Some("CLUSTER_DELETING")), "{v}");
 }

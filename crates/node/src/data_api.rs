@@ -260,6 +260,14 @@ async fn put_doc(
     Ok(axum::Json(json!({"id": id, "version": version})).into_response())
 }
 
+fn document_not_found(collection: &str, id: &str) -> DataError {
+    DataError::new(
+        StatusCode::NOT_FOUND,
+        "DOCUMENT_NOT_FOUND",
+        format!("no document '{}' in collection {collection}", id.escape_default()),
+    )
+}
+
 async fn get_doc(
     State(api): State<Api>,
     Path((collection, id)): Path<(String, String)>,
@@ -275,11 +283,7 @@ async fn get_doc(
             doc.body,
         )
             .into_response()),
-        None => Err(DataError::new(
-            StatusCode::NOT_FOUND,
-            "DOCUMENT_NOT_FOUND",
-            format!("no document '{}' in collection {collection}", id.escape_default()),
-        )),
+        None => Err(document_not_found(&collection, &id)),
     }
 }
 
@@ -295,11 +299,7 @@ async fn delete_doc(
     if api.run(move |e| e.delete(&c, &i)).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(DataError::new(
-            StatusCode::NOT_FOUND,
-            "DOCUMENT_NOT_FOUND",
-            format!("no document '{}' in collection {collection}", id.escape_default()),
-        ))
+        Err(document_not_found(&collection, &id))
     }
 }
 

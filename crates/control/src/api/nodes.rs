@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use time::Duration as TimeDuration;
 
 use atrest_store::{
-    AzureCredentials, Cluster, DataCredential, DataCredentialId, Event, JoinOutcome, JoinToken, JoinTokenId, NewNode,
-    Node, NodeId, NodeReport, StoreError,
+    AzureCredentials, Cluster, DataCredential, DataCredentialId, JoinOutcome, JoinToken, JoinTokenId, NewNode, Node,
+    NodeId, NodeReport, StoreError,
 };
 
 use crate::api::body::{Fields, JsonObject};
@@ -152,8 +152,8 @@ pub async fn issue_data_credential(
 fn deleting(c: &Cluster) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
-        codes::CLUSTER_NOT_FOUND,
-        format!("Cluster {} is being deleted: no node can join it.", c.name),
+        codes::CLUSTER_DELETING,
+        format!("Cluster {} is being deleted: no node can join it. Create a new cluster to add nodes.", c.name),
     )
     .with_params([c.name.as_str()])
 }
@@ -621,47 +621,38 @@ async fn status(
         .record_node_report(&node.id, &report, |cluster, before, nodes| {
             let state_name = derive_state(cluster, nodes);
             let was = before.map(|r| r.state.as_str());
-            let mut events: Vec<Event> = Vec::new();
-            let payload = |msg: &str| json!({"clusterName": cluster.name, "nodeId": node_id.as_str(), "detail": msg});
-            if st == "SHUT_DOWN" && was != Some("SHUT_DOWN") {
-                events.push(ear::event(
-                    &cluster.group_id,
-                    event_types::CONFIG_NO_LONGER_VALID,
-                    payload("the node was denied access to the key and shut down"),
-                    now,
-                ));
-            }
-            if st == "SERVING" && was == Some("SHUT_DOWN") {
-                events.push(ear::event(
-                    &cluster.group_id,
-                    event_types::CONFIG_IS_VALID,
-                    payload("the node has access to the key again and serves"),
-                    now,
-                ));
-            }
-            if st == "DEGRADED" && was != Some("DEGRADED") {
-                events.push(ear::event(
-                    &cluster.group_id,
-                    event_types::KMS_NETWORK_ACCESS_DENIED,
-                    payload("the node cannot reach Key Vault and keeps serving"),
-                    now,
-                ));
-            }
-            if st == "SERVING" && was == Some("DEGRADED") {
-                events.push(ear::event(
-                    &cluster.group_id,
-                    event_types::KMS_NETWORK_ACCESS_RESTORED,
-                    payload("the node reaches Key Vault again"),
-                    now,
-                ));
-            }
-            (state_name, events)
+            let events = transition_event(&st, was).map(|(type_name, detail)| {
+                let payload = json!({"clusterName": cluster.name, "nodeId": node_id.as_str(), "detail": detail});
+                ear::event(&cluster.group_id, type_name, payload, now)
+            });
+            (state_name, events.into_iter().collect())
         })
         .await;
     match result {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(StoreError::NotFound { .. }) => Err(revoked("the node was revoked")),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The event a node's move from `was` to `now` raises, with its detail: a shutdown and its
+/// recovery, Key Vault unreachable and reached again.
+fn transition_event(now: &str, was: Option<&str>) -> Option<(&'static str, &'static str)> {
+    match (was, now) {
+        (Some("SHUT_DOWN"), "SHUT_DOWN") | (Some("DEGRADED"), "DEGRADED") => None,
+        (_, "SHUT_DOWN") => {
+            Some((event_types::CONFIG_NO_LONGER_VALID, "the node was denied access to the key and shut down"))
+        }
+        (_, "DEGRADED") => {
+            Some((event_types::KMS_NETWORK_ACCESS_DENIED, "the node cannot reach Key Vault and keeps serving"))
+        }
+        (Some("SHUT_DOWN"), "SERVING") => {
+            Some((event_types::CONFIG_IS_VALID, "the node has access to the key again and serves"))
+        }
+        (Some("DEGRADED"), "SERVING") => {
+            Some((event_types::KMS_NETWORK_ACCESS_RESTORED, "the node reaches Key Vault again"))
+        }
+        _ => None,
     }
 }
 
