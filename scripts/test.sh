@@ -100,7 +100,13 @@ bash -euo pipefail "$WORK/guide.sh" | tee "$WORK/guide.out"
 bash -euo pipefail "$WORK/guide.sh" >"$WORK/guide2.out"
 [ "$(tail -n 1 "$WORK/guide2.out")" = "valid: true" ]
 [ "$(grep '^role id:' "$WORK/guide.out")" = "$(grep '^role id:' "$WORK/guide2.out")" ] || { echo "the second paste registered another role" >&2; exit 1; }
+# The guide revoked the grant and every node of Cluster0 shut down, then came back.
+grep -q '^  nodes: SHUT_DOWN SHUT_DOWN SHUT_DOWN$' "$WORK/guide.out"
+grep -q '^503 NODE_SHUT_DOWN: ' "$WORK/guide.out"
 kill "$UP_PID" && wait "$UP_PID" 2>/dev/null || true
+# up stops its data nodes when it stops.
+for _ in $(seq 1 50); do pgrep -f "node .*--data-dir $WORK/served/nodes/" >/dev/null || break; sleep 0.1; done
+if pgrep -af "node .*--data-dir $WORK/served/nodes/"; then echo "up left its data nodes running" >&2; exit 1; fi
 
 step "benchmark commands still run (debug build, small sizes; BENCHMARKS.md figures come from release builds)"
 # The token counts are exact whatever the machine, so they are checked; the round trips are
@@ -118,10 +124,13 @@ step "atrest up (the README's run command) on a fresh data dir, then again on th
 grep -q "atrest is up" "$WORK/up.out"
 grep -q "creating the demo layout" "$WORK/up.err"
 URL1=$(jq -r .control_plane_url "$WORK/up/up.json")
+NODES1=$(jq -c '[.clusters[0].nodes[].id]' "$WORK/up/up.json")
+[ "$(jq '.clusters[0].nodes | length' "$WORK/up/up.json")" = 3 ]
 # A second run reuses the layout, the emulator's persisted state and the ports (free again).
 "$ATREST" up --data-dir "$WORK/up" --no-wait >"$WORK/up2.out" 2>"$WORK/up2.err"
 grep -q "atrest is up" "$WORK/up2.out"
 grep -q "reusing the demo layout" "$WORK/up2.err" || { cat "$WORK/up2.err"; exit 1; }
 [ "$(jq -r .control_plane_url "$WORK/up/up.json")" = "$URL1" ] || { echo "the second up changed the URL" >&2; exit 1; }
+[ "$(jq -c '[.clusters[0].nodes[].id]' "$WORK/up/up.json")" = "$NODES1" ] || { echo "the second up joined new nodes" >&2; exit 1; }
 
 step "all tests passed"

@@ -74,10 +74,24 @@ fn read_bootstrap(path: &Path) -> anyhow::Result<Credentials> {
 struct Ports {
     emulator: Option<u16>,
     control: Option<u16>,
+    /// The demo cluster's nodes, in order.
+    #[serde(default)]
+    nodes: Vec<u16>,
 }
 
 /// `requested`, or when it asks for any port (0) the port recorded by the previous run if it is
 /// still free. Says loudly when a recorded port is taken, since the old URLs then stop working.
+/// A port for a demo node: the one it had last time if free, else any free one.
+fn node_port(recorded: Option<u16>, what: &str) -> anyhow::Result<u16> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let addr = pick_port(any, recorded, what);
+    if addr.port() != 0 {
+        return Ok(addr.port());
+    }
+    // The node binds it itself a moment later; the probe is the same as pick_port's.
+    Ok(std::net::TcpListener::bind(any)?.local_addr()?.port())
+}
+
 fn pick_port(requested: SocketAddr, recorded: Option<u16>, what: &str) -> SocketAddr {
     let Some(port) = recorded.filter(|_| requested.port() == 0) else { return requested };
     let again = SocketAddr::new(requested.ip(), port);
@@ -110,13 +124,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     if recorded.emulator.is_some() {
         eprintln!("      reusing the ports of the previous run where free ({})", ports_path.display());
     }
-    eprintln!("[1/4] starting the local Azure emulator in {}/emulator ...", data_dir.display());
+    eprintln!("[1/5] starting the local Azure emulator in {}/emulator ...", data_dir.display());
     let emu_listen = pick_port(opts.emulator_listen, recorded.emulator, "the emulator");
     let emu = Emulator::start(EmulatorConfig::new(emu_listen, data_dir.join("emulator"))).await?;
     let http = emulator_client(emu.addr(), &emu.ca_pem())?;
     let layout_path = data_dir.join("demo.json");
     let layout: DemoLayout = if layout_path.exists() {
-        eprintln!("[2/4] reusing the demo layout in {}", layout_path.display());
+        eprintln!("[2/5] reusing the demo layout in {}", layout_path.display());
         serde_json::from_slice(&std::fs::read(&layout_path)?)?
     } else {
         // Every step is recorded in demo.partial.json as it completes: a run killed half-way
@@ -124,12 +138,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         let partial_path = data_dir.join("demo.partial.json");
         let progress: DemoProgress = match std::fs::read(&partial_path) {
             Ok(b) => {
-                eprintln!("[2/4] finishing the demo layout a previous run started ({}) ...", partial_path.display());
+                eprintln!("[2/5] finishing the demo layout a previous run started ({}) ...", partial_path.display());
                 serde_json::from_slice(&b)
                     .with_context(|| format!("{} is not a demo layout journal: delete it", partial_path.display()))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("[2/4] creating the demo layout (tenants, platform app, vault, key) ...");
+                eprintln!("[2/5] creating the demo layout (tenants, platform app, vault, key) ...");
                 DemoProgress::default()
             }
             // Starting afresh here would orphan what the journal records: stop and say why.
@@ -153,7 +167,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         l
     };
 
-    eprintln!("[3/4] starting the control plane (embedded SQLite) ...");
+    eprintln!("[3/5] starting the control plane (embedded SQLite) ...");
     let control_dir = data_dir.join("control");
     atrest_control::datadir::create_private_dir(&control_dir)?;
     let cert_path = control_dir.join("platform-cert.pem");
@@ -169,6 +183,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     config.platform.federated_token_file = None;
     config.azure.endpoint_override = Some(emu.addr());
     config.azure.extra_ca_path = Some(PathBuf::from(&emu.info().ca_pem));
+    config.validation.node_check_interval_secs = crate::demo_cluster::CHECK_INTERVAL_SECS;
     config.check()?;
     // The configuration as run, for `atrest serve --config` and `atrest admin --config`: paths
     // only (the platform key file, the KEK file in data_dir), never a secret. The listen port
@@ -208,7 +223,34 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     };
 
-    eprintln!("[4/4] ready");
+    eprintln!(
+        "[4/5] cluster {} in project \"demo\": Encryption at Rest with the demo key, {} data nodes ...",
+        crate::demo_cluster::CLUSTER,
+        crate::demo_cluster::NODES
+    );
+    let atlas = crate::demo_cluster::Atlas::sign_in(control.url(), &creds.sa_client_id, &creds.sa_secret).await?;
+    let gid = group.id.as_str();
+    crate::demo_cluster::configure_encryption(&atlas, gid, &layout, &http).await?;
+    crate::demo_cluster::ensure_cluster(&atlas, gid).await?;
+    let data_credential = crate::demo_cluster::data_credential(&atlas, gid, &data_dir).await?;
+    let nodes_dir = data_dir.join("nodes");
+    atrest_control::datadir::create_private_dir(&nodes_dir)?;
+    let ca_path = PathBuf::from(&emu.info().ca_pem);
+    let launch = crate::demo_cluster::NodeLaunch {
+        exe: std::env::current_exe().context("finding the atrest binary to start the nodes with")?,
+        control_url: control.url(),
+        azure_endpoint: emu.addr(),
+        azure_ca: &ca_path,
+        nodes_dir: nodes_dir.clone(),
+    };
+    let mut nodes = Vec::new();
+    for i in 1..=crate::demo_cluster::NODES {
+        let port = node_port(recorded.nodes.get(i - 1).copied(), &format!("node {i}"))?;
+        nodes.push(crate::demo_cluster::start_node(&atlas, gid, &launch, i, port).await?);
+    }
+    crate::demo_cluster::wait_serving(&atlas, gid, &mut nodes, &nodes_dir).await?;
+
+    eprintln!("[5/5] ready");
     let up_json = json!({
         "control_plane_url": control.url(),
         "emulator_json": data_dir.join("emulator").join("emulator.json"),
@@ -218,16 +260,31 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         "service_account": {"client_id": creds.sa_client_id, "client_secret": creds.sa_secret},
         "control_config": config_path,
         "demo": {
-            "group_id": group.id.as_str(),
+            "group_id": gid,
             "customer_tenant_id": layout.customer_tenant.tenant_id,
             "subscription_id": layout.customer_tenant.subscription_id,
             "resource_group": layout.customer_resource_group,
             "key_vault_name": layout.customer_vault,
             "key_identifier": layout.customer_key_id,
             "service_principal_id": layout.platform_sp_in_customer,
+            "customer_admin": {
+                "tenant_id": layout.customer_tenant.tenant_id,
+                "client_id": layout.customer_tenant.client_id,
+                "client_secret": layout.customer_tenant.client_secret,
+            },
         },
+        "clusters": [{
+            "name": crate::demo_cluster::CLUSTER,
+            "group_id": gid,
+            "data_credential": data_credential,
+            "nodes": nodes.iter().map(|n| json!({"id": n.id, "data_url": n.data_url, "data_dir": n.data_dir})).collect::<Vec<_>>(),
+        }],
     });
-    let ports = Ports { emulator: Some(emu.addr().port()), control: Some(control.addr().port()) };
+    let ports = Ports {
+        emulator: Some(emu.addr().port()),
+        control: Some(control.addr().port()),
+        nodes: nodes.iter().map(|n| n.port).collect(),
+    };
     atrest_control::files::write_private(&ports_path, &serde_json::to_vec_pretty(&ports)?)?;
     print_guide(
         &data_dir,
@@ -238,6 +295,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         &creds,
         control.state().config.revalidate_interval().as_secs(),
         &config_path,
+        &nodes.iter().map(|n| n.data_url.clone()).collect::<Vec<_>>(),
     );
     // Last, as the "ready" signal harnesses wait for.
     atrest_control::files::write_private(&up_json_path, &serde_json::to_vec_pretty(&up_json)?)?;
@@ -245,6 +303,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         println!("Press Ctrl-C to stop.");
         crate::wait_for_shutdown().await;
     }
+    crate::demo_cluster::stop(nodes).await;
     control.shutdown().await;
     emu.shutdown().await;
     Ok(())
@@ -265,6 +324,7 @@ fn print_guide(
     creds: &Credentials,
     interval_secs: u64,
     config_path: &Path,
+    node_urls: &[String],
 ) {
     let port = emu.listen.rsplit(':').next().unwrap_or("443");
     let ca = &emu.ca_pem;
@@ -285,6 +345,7 @@ atrest is up.
   state and credentials               {dir}/up.json (mode 0600), bootstrap.json in {dir}/control
   control plane configuration         {config} (for `atrest serve --config`; `atrest admin --up {dir} ...` uses it)
   organization {org}, project "demo" {group}
+  cluster {cluster} in "demo": {count} data nodes   {node_list}
 
 The demo layout (as in the secretless Key Vault guide):
   platform tenant   {pt}  with the multi-tenant platform app {app} (certificate credential)
@@ -298,7 +359,7 @@ The demo layout (as in the secretless Key Vault guide):
 # and shows Atlas's error body.
 atlas() {{
   curl -sS --fail-with-body --digest -u "{public}:$(jq -er .api_key.private_key '{dir}/up.json')" \
-    -H 'Accept: application/vnd.atlas.2023-01-01+json' -H 'Content-Type: application/json' "$@"
+    -H "Accept: ${{ACCEPT:-application/vnd.atlas.2023-01-01+json}}" -H 'Content-Type: application/json' "$@"
 }}
 # Every Azure host name is served at 127.0.0.1:{port}; curl reaches them this way.
 azure() {{ curl -sS --fail-with-body {ct} "$@"; }}
@@ -314,23 +375,28 @@ echo "role id: $ROLE"
 # Step 2. As the customer, grant the service principal Reader and Key Vault Crypto User on the
 # vault, as `az role assignment create --assignee-object-id {sp} --assignee-principal-type
 # ServicePrincipal --role "Key Vault Crypto User" --scope {vid}` does; keep the assignment ids.
-TOKEN=$(azure 'https://login.microsoftonline.com/{ctid}/oauth2/v2.0/token' \
-  -d grant_type=client_credentials -d client_id={cid} \
-  --data-urlencode "client_secret=$(jq -er .customer_tenant.client_secret '{dir}/demo.json')" \
-  -d scope=https://management.azure.com/.default | jq -er .access_token)
-ASSIGNMENTS=()
-for ROLEDEF in acdd72a7-3385-48ef-bd42-f606fba81ae7 12338af0-0e69-4776-bea7-57ae8d297424; do
-  # An assignment that already exists is kept (Azure answers a second one with 409 RoleAssignmentExists).
-  A=$(azure -H "Authorization: Bearer $TOKEN" \
-    "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&\$filter=principalId%20eq%20'{sp}'" \
-    | jq -r --arg d "$ROLEDEF" '[.value[] | select(.properties.roleDefinitionId | endswith($d))][0].id // empty')
-  [ -n "$A" ] || A=$(azure -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments/$(cat /proc/sys/kernel/random/uuid)?api-version=2022-04-01" \
-    -d '{{"properties":{{"roleDefinitionId":"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/'"$ROLEDEF"'","principalId":"{sp}","principalType":"ServicePrincipal"}}}}' \
-    | jq -er .id)
-  ASSIGNMENTS+=("$A")
-done
-printf 'role assignment: %s\n' "${{ASSIGNMENTS[@]}}"
+# (`atrest up` has already done Steps 1 to 4 once so that Cluster0 could start; pasted, each step
+# finds what exists and reuses it.)
+grant() {{
+  TOKEN=$(azure 'https://login.microsoftonline.com/{ctid}/oauth2/v2.0/token' \
+    -d grant_type=client_credentials -d client_id={cid} \
+    --data-urlencode "client_secret=$(jq -er .demo.customer_admin.client_secret '{dir}/up.json')" \
+    -d scope=https://management.azure.com/.default | jq -er .access_token)
+  ASSIGNMENTS=()
+  for ROLEDEF in acdd72a7-3385-48ef-bd42-f606fba81ae7 12338af0-0e69-4776-bea7-57ae8d297424; do
+    # An assignment that already exists is kept (Azure answers a second one with 409 RoleAssignmentExists).
+    A=$(azure -H "Authorization: Bearer $TOKEN" \
+      "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&\$filter=principalId%20eq%20'{sp}'" \
+      | jq -r --arg d "$ROLEDEF" '[.value[] | select(.properties.roleDefinitionId | endswith($d))][0].id // empty')
+    [ -n "$A" ] || A=$(azure -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+      "https://management.azure.com{vid}/providers/Microsoft.Authorization/roleAssignments/$(cat /proc/sys/kernel/random/uuid)?api-version=2022-04-01" \
+      -d '{{"properties":{{"roleDefinitionId":"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/'"$ROLEDEF"'","principalId":"{sp}","principalType":"ServicePrincipal"}}}}' \
+      | jq -er .id)
+    ASSIGNMENTS+=("$A")
+  done
+  printf 'role assignment: %s\n' "${{ASSIGNMENTS[@]}}"
+}}
+grant
 
 # Step 3. Check before patching (a dry run: every check, with the az command that fixes each
 # failure). Or: atrest doctor --up '{dir}/up.json' --group {group} --role-id "$ROLE"
@@ -342,16 +408,56 @@ atlas -X PATCH '{url}/api/atlas/v2/groups/{group}/encryptionAtRest' -d '{{"azure
 
 # Step 5. Read it back, and the events.
 atlas '{url}/api/atlas/v2/groups/{group}/events' | jq -r '.results[].eventTypeName'
+atlas '{url}/api/atlas/v2/groups/{group}/encryptionAtRest' | jq -c '.azureKeyVault | {{enabled, valid, keyIdentifier}}'
+
+# Step 6. Cluster {cluster}'s {count} data nodes keep their data in SQLCipher pages under keys only
+# this Key Vault key unlocks (`atrest up` runs them; each node keeps its own copy of what it is
+# sent). Write a document to node 1 and read it back with the cluster's data credential.
+DATA=$(jq -er '.clusters[0].data_credential' '{dir}/up.json')
+data() {{ curl -sS --fail-with-body -H "Authorization: Bearer $DATA" -H 'Content-Type: application/json' "$@"; }}
+data -X PUT '{node1}/v1/collections/orders/documents/order-1' -d '{{"item":"widget","qty":3}}' | jq -c .
+data '{node1}/v1/collections/orders/documents/order-1' | jq -c .
+# Every node's state as the control plane has it, and a wait for all of them to reach one.
+nodes() {{ atlas '{url}/api/atrest/v1/groups/{group}/clusters/{cluster}/nodes' | jq -r '[.results[].state] | join(" ")'; }}
+wait_for() {{
+  local s="" last=""
+  for _ in $(seq 1 60); do
+    s=$(nodes)
+    [ "$s" = "$last" ] || echo "  nodes: $s"
+    last=$s
+    [ -n "$s" ] && [ -z "$(tr ' ' '\n' <<<"$s" | grep -vx "$1")" ] && return 0
+    sleep 0.5
+  done
+  echo "the nodes did not all reach $1 within 30 s (now: $s)" >&2
+  return 1
+}}
+wait_for SERVING
+
+# Step 7. Revoke: as the customer, remove both role assignments. Each node checks its key every
+# {check} s (validation.node_check_interval_secs); denied, it drops its keys, closes its data and
+# refuses every request with Azure's reason and the fix.
+for A in "${{ASSIGNMENTS[@]}}"; do
+  azure -X DELETE -H "Authorization: Bearer $TOKEN" "https://management.azure.com$A?api-version=2022-04-01" >/dev/null
+done
+wait_for SHUT_DOWN
+curl -sS -H "Authorization: Bearer $DATA" '{node1}/v1/collections/orders/documents/order-1' \
+  | jq -r '"\(.error) \(.errorCode): \(.detail)\n  fix: \(.fix)"'
+ACCEPT=application/vnd.atlas.2024-08-05+json atlas '{url}/api/atlas/v2/groups/{group}/clusters/{cluster}' \
+  | jq -r '"cluster {cluster}: \(.stateName)"'
+
+# Step 8. Restore: grant again (Step 2); at their next check the nodes unlock by themselves and
+# serve the same data. Then "Try Again" (Atlas's revalidate) and read the configuration.
+grant
+wait_for SERVING
+data '{node1}/v1/collections/orders/documents/order-1' | jq -c .
+atlas -X POST '{url}/api/atlas/v2/groups/{group}/encryptionAtRest/azureKeyVault:revalidate' >/dev/null
 echo "valid: $(atlas '{url}/api/atlas/v2/groups/{group}/encryptionAtRest' | jq -er '.azureKeyVault.valid')"
 {end}
 
-Then revoke the grant (same shell: it uses $TOKEN and $ASSIGNMENTS from Step 2):
-  for A in "${{ASSIGNMENTS[@]}}"; do azure -X DELETE -H "Authorization: Bearer $TOKEN" "https://management.azure.com$A?api-version=2022-04-01"; done
-The background revalidation notices within {interval} s (validation.revalidate_interval_secs) and
-marks the configuration "valid": false with an ENCRYPTION_AT_REST_CONFIG_NO_LONGER_VALID event.
-To check now instead of waiting ("Try Again" in Atlas):
-  atlas -X POST '{url}/api/atlas/v2/groups/{group}/encryptionAtRest/azureKeyVault:revalidate' | jq
-Admin API (faults, throttling, clock, private endpoints): docs/emulator.md. Control plane: docs/control-plane.md
+The control plane also revalidates the configuration itself every {interval} s
+(validation.revalidate_interval_secs); the nodes' logs are in {dir}/nodes, their data dirs
+{dir}/nodes/node-N. Admin API (faults, throttling, clock, private endpoints): docs/emulator.md.
+Control plane: docs/control-plane.md. Nodes and the data API: docs/design/node-api-draft.md.
 "#,
         listen = emu.listen,
         dir = data_dir.display(),
@@ -371,5 +477,10 @@ Admin API (faults, throttling, clock, private endpoints): docs/emulator.md. Cont
         begin = GUIDE_BEGIN,
         end = GUIDE_END,
         interval = interval_secs,
+        cluster = crate::demo_cluster::CLUSTER,
+        count = node_urls.len(),
+        node1 = node_urls.first().map(String::as_str).unwrap_or(""),
+        check = crate::demo_cluster::CHECK_INTERVAL_SECS,
+        node_list = node_urls.join("  "),
     );
 }

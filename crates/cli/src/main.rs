@@ -7,6 +7,7 @@ mod bench;
 mod bench_control;
 mod control;
 mod demo;
+mod demo_cluster;
 mod node;
 
 use std::net::SocketAddr;

@@ -123,3 +123,82 @@ fn an_unreadable_demo_layout_journal_stops_up_instead_of_starting_a_second_layou
     assert!(!stderr.contains("creating the demo layout"), "{stderr}");
     assert!(!data.join("up.json").exists());
 }
+
+/// `atrest up` runs cluster Cluster0 on three data nodes (child processes) in the demo project:
+/// up.json names them with the cluster's data credential and the customer tenant's admin, the
+/// nodes serve documents to that credential only, and they die with `up` even when it is
+/// killed -9.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_runs_cluster0_on_three_nodes_that_serve_data_and_die_with_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("up");
+    let mut up = Command::new(ATREST)
+        .args(["up", "--data-dir"])
+        .arg(&data)
+        .env_remove("ATREST_KEK")
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(dir.path().join("up.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("up.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let up_json = data.join("up.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while !up_json.exists() {
+        if let Some(status) = up.try_wait().unwrap() {
+            panic!("up exited ({status}): {}", std::fs::read_to_string(dir.path().join("up.err")).unwrap());
+        }
+        assert!(std::time::Instant::now() < deadline, "no up.json after 240 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let v: Value = serde_json::from_slice(&std::fs::read(&up_json).unwrap()).unwrap();
+
+    // The contract: demo.customer_admin and clusters[].
+    let admin = &v["demo"]["customer_admin"];
+    assert_eq!(admin["tenant_id"], v["demo"]["customer_tenant_id"]);
+    assert!(admin["client_id"].as_str().is_some_and(|s| !s.is_empty()), "{admin}");
+    assert!(admin["client_secret"].as_str().is_some_and(|s| !s.is_empty()), "{admin}");
+    let clusters = v["clusters"].as_array().expect("clusters in up.json");
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    let c = &clusters[0];
+    assert_eq!(c["name"], "Cluster0");
+    assert_eq!(c["group_id"], v["demo"]["group_id"]);
+    let credential = c["data_credential"].as_str().unwrap();
+    assert!(credential.starts_with("atrd_"), "{credential}");
+    let nodes = c["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let mut ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "node ids must differ: {nodes:?}");
+    for n in nodes {
+        let d = std::path::Path::new(n["data_dir"].as_str().unwrap());
+        for f in ["node.json", "node-credential", "keystore.json"] {
+            assert!(d.join(f).exists(), "{} in {}", f, d.display());
+        }
+    }
+
+    // Each node serves documents to the data credential, and refuses any other.
+    let http = reqwest::Client::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let url = format!("{}/v1/collections/orders/documents/order-{i}", n["data_url"].as_str().unwrap());
+        let put = http.put(&url).bearer_auth(credential).body(format!(r#"{{"n":{i}}}"#)).send().await.unwrap();
+        assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+        let got = http.get(&url).bearer_auth(credential).send().await.unwrap();
+        assert_eq!(got.status(), 200);
+        assert_eq!(got.text().await.unwrap(), format!(r#"{{"n":{i}}}"#));
+        let other = http.get(&url).bearer_auth("atrd_000000000000000000000000_wrong").send().await.unwrap();
+        assert_eq!(other.status(), 401);
+    }
+
+    // Killed -9, up takes its nodes with it.
+    up.kill().unwrap();
+    up.wait().unwrap();
+    for n in nodes {
+        let url = format!("{}/healthz", n["data_url"].as_str().unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while http.get(&url).send().await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "node {} still answers 10 s after up was killed", n["id"]);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
