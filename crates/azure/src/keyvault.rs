@@ -597,7 +597,9 @@ impl KeyVaultClient {
                         .http()
                         .post(url)
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(b.to_vec()),
+                        // The body may hold a key in clear (encrypt, wrap): each attempt's copy is
+                        // owned by a Zeroizing buffer that is wiped when the HTTP stack drops it.
+                        .body(bytes::Bytes::from_owner(Zeroizing::new(b.to_vec()))),
                 };
                 async move {
                     let resp = http::send(transport, Service::KeyVault, request, token, time_left).await?;
