@@ -63,6 +63,10 @@ pub struct EarSettings {
     pub tenant_id: Option<String>,
     #[serde(default)]
     pub key_identifier: Option<String>,
+    /// The key's current version as the control plane last resolved it (revalidation), so an
+    /// unversioned identifier's new version reaches the node without a Key Vault GET.
+    #[serde(default)]
+    pub current_key_version: Option<String>,
     #[serde(default)]
     pub key_vault_name: Option<String>,
     #[serde(default)]

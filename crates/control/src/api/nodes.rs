@@ -417,6 +417,7 @@ async fn node_config(state: &AppState, node: &Node) -> ApiResult<(Value, String)
                 "authMode": mode,
                 "tenantId": tenant,
                 "keyIdentifier": s.azure.key_identifier,
+                "currentKeyVersion": current_key_version(s),
                 "keyVaultName": s.azure.key_vault_name,
                 "azureEnvironment": s.azure.azure_environment.clone().unwrap_or_else(|| "AZURE".into()),
                 "requirePrivateNetworking": s.azure.require_private_networking,
@@ -445,6 +446,17 @@ async fn node_config(state: &AppState, node: &Node) -> ApiResult<(Value, String)
     });
     let etag = format!("\"{}\"", hex::encode(&sha256(body.to_string().as_bytes())[..16]));
     Ok((body, etag))
+}
+
+/// The version of the configured key that the last successful validation used (an unversioned
+/// identifier resolved to its current version), if it is of the configured key: nodes re-wrap to
+/// it without asking Key Vault, and a new one changes the configuration's ETag.
+fn current_key_version(s: &atrest_store::StoredEarConfig) -> Option<String> {
+    let configured: atrest_domain::KeyIdentifier = s.azure.key_identifier.as_deref()?.parse().ok()?;
+    let used: atrest_domain::KeyIdentifier = s.status.key_version_in_use.as_deref()?.parse().ok()?;
+    (used.vault() == configured.vault() && used.name() == configured.name())
+        .then(|| used.version().map(|v| v.to_string()))
+        .flatten()
 }
 
 #[derive(serde::Deserialize)]
