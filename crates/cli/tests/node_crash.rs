@@ -5,7 +5,8 @@
 //! (a re-wrap to the new key version, exactly one master-key rotation, the new auth mode).
 //!
 //! One emulator, one control plane and one project (static credentials, migrated to a roleId
-//! at the end) serve every step.
+//! at the end) serve every step. The end also covers `atrest node rotate-master-key`, against
+//! a running node and a stopped one.
 
 #[path = "../../control/tests/support/mod.rs"]
 mod support;
@@ -317,5 +318,33 @@ async fn a_node_killed_at_any_key_step_starts_again_with_its_data() {
     let node = w.spawn(&dir, None, None, "restart");
     w.wait_status(&node, step, |s| s["state"] == "SERVING" && s["authMode"] == "SERVICE_PRINCIPAL").await;
     w.assert_docs(&node, &written, step).await;
+
+    // `atrest node rotate-master-key --data-dir DIR`, with the node's own credential: a running
+    // node rotates on its next configuration read ...
+    let rotate =
+        |dir: &Path| Command::new(ATREST).args(["node", "rotate-master-key", "--data-dir"]).arg(dir).output().unwrap();
+    let generation = w.status(&node).await["masterKeyGeneration"].as_u64().unwrap();
+    let out = rotate(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&node_id), "{}", String::from_utf8_lossy(&out.stdout));
+    w.wait_status(&node, "rotate-master-key (running)", |s| s["masterKeyGeneration"] == generation + 1).await;
+    w.assert_docs(&node, &written, "rotate-master-key (running)").await;
+    // ... and a stopped one at its next start.
     kill9(node);
+    let out = rotate(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let node = w.spawn(&dir, None, None, "restart");
+    w.wait_status(&node, "rotate-master-key (stopped)", |s| {
+        s["state"] == "SERVING" && s["masterKeyGeneration"] == generation + 2
+    })
+    .await;
+    w.assert_docs(&node, &written, "rotate-master-key (stopped)").await;
+    kill9(node);
+    // A data dir that never joined has no master key: a clear refusal, nothing written.
+    let empty = root.path().join("never-joined");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = rotate(&empty);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("has not joined a cluster"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "rotate-master-key wrote into a dir that never joined");
 }

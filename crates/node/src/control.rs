@@ -315,6 +315,24 @@ impl ControlClient {
         resp.json().await.map_err(|e| self.unreachable(format!("the token answer is unusable: {e}")))
     }
 
+    /// `POST rotateMasterKey`: asks for a master-key rotation of this node; returns the
+    /// request's nonce (the node has rotated once its keystore records it).
+    pub async fn request_master_key_rotation(&self) -> Result<u64, ControlError> {
+        let resp = self
+            .authed(self.http.post(self.url("rotateMasterKey")))
+            .timeout(Duration::from_secs(30))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(self.refusal(resp).await);
+        }
+        let v: serde_json::Value =
+            resp.json().await.map_err(|e| self.unreachable(format!("the answer is unusable: {e}")))?;
+        v["masterKeyRotationNonce"].as_u64().ok_or_else(|| self.unreachable("the answer has no masterKeyRotationNonce"))
+    }
+
     /// `POST status`.
     pub async fn report(&self, report: &StatusReport) -> Result<(), ControlError> {
         let resp = self

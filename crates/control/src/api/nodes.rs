@@ -312,6 +312,32 @@ pub fn node_routes() -> axum::Router<AppState> {
         .route("/api/atrest/v1/node/config", get(config))
         .route("/api/atrest/v1/node/token", post(token))
         .route("/api/atrest/v1/node/status", post(status))
+        .route("/api/atrest/v1/node/rotateMasterKey", post(rotate_own_master_key))
+}
+
+/// `POST /api/atrest/v1/node/rotateMasterKey` `{}`: the node's own credential asks for what the
+/// operator route `.../nodes/{nodeId}:rotateMasterKey` asks (`atrest node rotate-master-key
+/// --data-dir DIR`, whether the node runs or not); the node rotates on its next configuration
+/// read, or at its next start.
+async fn rotate_own_master_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let node = node_of(&state, &headers).await?;
+    Fields::new("", body).finish()?;
+    match state.store.request_master_key_rotation(&node.cluster_id, &node.id).await {
+        Ok(node) => {
+            state.nodes_config_changed();
+            Ok((
+                StatusCode::ACCEPTED,
+                ok_json(json!({"id": node.id.as_str(), "masterKeyRotationNonce": node.master_key_rotation_nonce})),
+            )
+                .into_response())
+        }
+        Err(StoreError::NotFound { .. }) => Err(revoked("the node was revoked")),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn revoked(detail: &str) -> ApiError {
