@@ -11,17 +11,23 @@ use secrecy::SecretString;
 
 /// Run a data node: join a cluster (first start), unlock the data with the customer's Key
 /// Vault key, serve the data API, and check access on the configured interval.
+///
+/// `atrest node --control-plane URL --data-dir DIR [...]` runs the node; `atrest node
+/// rotate-master-key --data-dir DIR` asks for a master-key rotation.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct NodeArgs {
+    #[command(subcommand)]
+    cmd: Option<NodeCommand>,
     /// The control plane's base URL (used to join; later starts use the one saved in DIR/node.json).
-    #[arg(long, env = "ATREST_CONTROL_PLANE")]
-    control_plane: String,
+    #[arg(long, env = "ATREST_CONTROL_PLANE", required = true)]
+    control_plane: Option<String>,
     /// A join token (first start only): `atrest admin create-join-token --group G --cluster NAME`.
     #[arg(long, env = "ATREST_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
     /// The node's data dir: keystore, identity, credential and the encrypted database.
-    #[arg(long, env = "ATREST_NODE_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(long, env = "ATREST_NODE_DATA_DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// Where the data API listens; port 0 picks a free port.
     #[arg(long, env = "ATREST_NODE_LISTEN", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -39,6 +45,21 @@ pub struct NodeArgs {
     control_plane_ca: Option<PathBuf>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Ask for a new master key for the node of DIR: it re-seals its data keys under it (no page
+    /// is rewritten) on its next configuration read, or at its next start if it is not running.
+    /// Authenticates with the node's own credential in DIR.
+    RotateMasterKey {
+        /// The node's data dir (node.json and node-credential are read from it).
+        #[arg(long, env = "ATREST_NODE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// An extra CA (PEM) to trust for the control plane.
+        #[arg(long, env = "ATREST_CONTROL_PLANE_CA")]
+        control_plane_ca: Option<PathBuf>,
+    },
+}
+
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
@@ -54,6 +75,12 @@ fn forbid_core_dumps() {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if let Some(NodeCommand::RotateMasterKey { data_dir, control_plane_ca }) = &args.cmd {
+        return rotate_master_key(data_dir, control_plane_ca.as_ref()).await;
+    }
+    let (Some(control_plane), Some(data_dir)) = (args.control_plane.clone(), args.data_dir.clone()) else {
+        anyhow::bail!("atrest node needs --control-plane URL and --data-dir DIR");
+    };
     forbid_core_dumps();
     let azure = match (args.azure_endpoint, &args.azure_ca) {
         (Some(addr), Some(ca)) => TransportConfig::with_override(addr, read(ca, "the Azure CA")?),
@@ -62,8 +89,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     let control_plane_ca_pem = args.control_plane_ca.as_ref().map(|p| read(p, "the control plane CA")).transpose()?;
     let options = NodeOptions {
-        data_dir: args.data_dir.clone(),
-        control_plane: args.control_plane,
+        data_dir: data_dir.clone(),
+        control_plane,
         control_plane_ca_pem,
         join_token: args.join_token.map(SecretString::from),
         data_url: args.data_url.unwrap_or_default(),
@@ -74,7 +101,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let id = node.handle().identity().clone();
     println!("atrest node {} of cluster {} (project {})", id.node_id, id.cluster_name, id.group_id);
     println!("  data API:  {}  (GET /healthz, /v1/status; Authorization: Bearer <data credential>)", node.url());
-    println!("  data dir:  {}", args.data_dir.display());
+    println!("  data dir:  {}", data_dir.display());
     let gate = node.handle().gate();
     let watch = tokio::spawn(async move {
         let mut last = None;
@@ -97,4 +124,28 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     watch.abort();
     node.shutdown().await;
     outcome
+}
+
+/// `atrest node rotate-master-key --data-dir DIR`.
+async fn rotate_master_key(data_dir: &std::path::Path, ca: Option<&PathBuf>) -> anyhow::Result<()> {
+    let (identity, credential) = atrest_node::identity::load(data_dir)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has not joined a cluster (no node.json): there is no master key to rotate",
+            data_dir.display()
+        )
+    })?;
+    let ca_pem = ca.map(|p| read(p, "the control plane CA")).transpose()?;
+    let client = atrest_node::control::ControlClient::new(&identity.control_plane, ca_pem.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .with_credential(credential);
+    let nonce = client.request_master_key_rotation().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let generation = atrest_node::Keystore::load(data_dir)?.map(|k| k.generation());
+    println!(
+        "asked {} for a new master key for node {} (request {nonce}); the node rotates on its next configuration read, or at its next start",
+        identity.control_plane, identity.node_id
+    );
+    if let Some(g) = generation {
+        println!("  master key generation now: {g} (GET /v1/status shows masterKeyGeneration {} once done)", g + 1);
+    }
+    Ok(())
 }

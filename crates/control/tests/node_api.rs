@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::Env;
 
-const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
+use support::CLUSTERS_ACCEPT;
 
 async fn cluster(env: &Env) -> (String, support::Tenant) {
     let group = env.project("node-api").await;
@@ -20,19 +20,7 @@ async fn cluster(env: &Env) -> (String, support::Tenant) {
     t.grant_rbac().await;
     let (s, v) = env.patch_ear(&group, t.ear_block(&role)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let r = env
-        .http
-        .post(format!("{}/api/atlas/v2/groups/{group}/clusters", env.url()))
-        .bearer_auth(&env.token)
-        .header("Accept", CLUSTERS_ACCEPT)
-        .header("Content-Type", CLUSTERS_ACCEPT)
-        .json(&json!({"name": "Cluster0", "clusterType": "REPLICASET", "encryptionAtRestProvider": "AZURE",
-            "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
-                "electableSpecs": {"instanceSize": "M10", "nodeCount": 1}}]}]}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    env.create_cluster(&group, "Cluster0", 1).await;
     (group, t)
 }
 
@@ -286,4 +274,60 @@ async fn the_config_long_poll_waits_and_wakes_and_tokens_work_in_key_vault() {
         .atlas(Method::POST, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/joinTokens"), Some(json!({})))
         .await;
     assert_eq!((s, v["errorCode"].as_str()), (StatusCode::CONFLICT, Some("CLUSTER_DELETING")), "{v}");
+}
+
+async fn rotation_nonce(env: &Env, cred: &str) -> u64 {
+    let (s, v) = node_call(env, Method::GET, "config?waitSecs=0", Some(cred), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["masterKeyRotationNonce"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_asks_for_its_own_master_key_rotation_and_bad_requests_change_nothing() {
+    let env = Env::start().await;
+    let (group, _t) = cluster(&env).await;
+    let (node_id, cred) = join(&env, &group).await;
+    assert_eq!(rotation_nonce(&env, &cred).await, 0);
+
+    // Refused: no credential, someone else's, an attribute the route does not take.
+    let other = format!("atrn_{node_id}_{}", "A".repeat(43));
+    for (what, c, body, status, code) in [
+        ("no credential", None, json!({}), StatusCode::UNAUTHORIZED, "NODE_REVOKED"),
+        ("wrong credential", Some(other.as_str()), json!({}), StatusCode::UNAUTHORIZED, "NODE_REVOKED"),
+        (
+            "unknown attribute",
+            Some(cred.as_str()),
+            json!({"generation": 5}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ATTRIBUTE",
+        ),
+    ] {
+        let (s, v) = node_call(&env, Method::POST, "rotateMasterKey", c, Some(body)).await;
+        assert_eq!((s, v["errorCode"].as_str()), (status, Some(code)), "{what}: {v}");
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {v}");
+    }
+    assert_eq!(rotation_nonce(&env, &cred).await, 0, "a refused request asked for a rotation");
+
+    // The node's own request: the same flag the operator route sets, in the configuration.
+    let (s, v) = node_call(&env, Method::POST, "rotateMasterKey", Some(&cred), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["masterKeyRotationNonce"], 1, "{v}");
+    assert_eq!(rotation_nonce(&env, &cred).await, 1);
+    let (s, v) = env
+        .atlas(
+            Method::POST,
+            &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/nodes/{node_id}:rotateMasterKey"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(rotation_nonce(&env, &cred).await, 2);
+
+    // A revoked node may not ask.
+    let (s, _) = env
+        .atlas(Method::DELETE, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/nodes/{node_id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = node_call(&env, Method::POST, "rotateMasterKey", Some(&cred), Some(json!({}))).await;
+    assert_eq!((s, v["errorCode"].as_str()), (StatusCode::UNAUTHORIZED, Some("NODE_REVOKED")), "{v}");
 }

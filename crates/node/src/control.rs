@@ -63,6 +63,10 @@ pub struct EarSettings {
     pub tenant_id: Option<String>,
     #[serde(default)]
     pub key_identifier: Option<String>,
+    /// The key's current version as the control plane last resolved it (revalidation), so an
+    /// unversioned identifier's new version reaches the node without a Key Vault GET.
+    #[serde(default)]
+    pub current_key_version: Option<String>,
     #[serde(default)]
     pub key_vault_name: Option<String>,
     #[serde(default)]
@@ -309,6 +313,24 @@ impl ControlClient {
             return Err(self.refusal(resp).await);
         }
         resp.json().await.map_err(|e| self.unreachable(format!("the token answer is unusable: {e}")))
+    }
+
+    /// `POST rotateMasterKey`: asks for a master-key rotation of this node; returns the
+    /// request's nonce (the node has rotated once its keystore records it).
+    pub async fn request_master_key_rotation(&self) -> Result<u64, ControlError> {
+        let resp = self
+            .authed(self.http.post(self.url("rotateMasterKey")))
+            .timeout(Duration::from_secs(30))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(self.refusal(resp).await);
+        }
+        let v: serde_json::Value =
+            resp.json().await.map_err(|e| self.unreachable(format!("the answer is unusable: {e}")))?;
+        v["masterKeyRotationNonce"].as_u64().ok_or_else(|| self.unreachable("the answer has no masterKeyRotationNonce"))
     }
 
     /// `POST status`.

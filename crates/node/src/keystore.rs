@@ -72,6 +72,12 @@ struct KeystoreFile {
     master: WrappedMaster,
     data_keys: Vec<SealedDataKey>,
     current_data_key: u32,
+    /// The control plane's master-key rotation request this keystore has carried out (the
+    /// node's `masterKeyRotationNonce`). Kept here, in the same atomic write as the new master
+    /// key, so a request made while the node was down, or one a crash interrupted, is carried
+    /// out at the next start, and a finished one is never repeated.
+    #[serde(default)]
+    rotation_nonce: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -239,18 +245,22 @@ impl Keystore {
 
     /// First start: a new master key and data key, the master key encrypted by `key` (an
     /// unversioned identifier means its current version; the version Key Vault used is
-    /// recorded), written durably before anything else may use it.
+    /// recorded), written durably before anything else may use it. `rotation_nonce` is the
+    /// control plane's master-key rotation nonce now: a fresh master key satisfies it.
     pub async fn create(
         dir: &Path,
         node_id: &str,
         kv: &KeyVaultClient,
         key: &KeyIdentifier,
+        rotation_nonce: u64,
     ) -> Result<(Self, Unlocked), KeystoreError> {
         persist::private_dir(dir).map_err(|source| KeystoreError::Io { path: dir.to_path_buf(), source })?;
         let master = KeyBytes::random().map_err(|_| KeystoreError::Random)?;
         let data_key = KeyBytes::random().map_err(|_| KeystoreError::Random)?;
         let sealed = seal(&master, node_id, 1, 1, &data_key)?;
+        persist::failpoint("keystore-create-generated");
         let wrapped = kv.encrypt(key, ALGORITHM, master.expose()).await?;
+        persist::failpoint("keystore-create-encrypted");
         let file = KeystoreFile {
             format: FORMAT,
             node_id: node_id.to_string(),
@@ -263,9 +273,10 @@ impl Keystore {
             },
             data_keys: vec![sealed],
             current_data_key: 1,
+            rotation_nonce,
         };
         let store = Self { dir: dir.to_path_buf(), file, key_identifier: wrapped.key_id };
-        store.write()?;
+        store.write("keystore-create")?;
         let data = DataKeys { current: 1, keys: BTreeMap::from([(1, data_key)]) };
         Ok((store, Unlocked { master, data }))
     }
@@ -288,6 +299,11 @@ impl Keystore {
     /// The master-key generation (1 at first start, +1 per master-key rotation).
     pub fn generation(&self) -> u32 {
         self.file.master.generation
+    }
+
+    /// The last master-key rotation request carried out (see [`Keystore::rotate_master`]).
+    pub fn rotation_nonce(&self) -> u64 {
+        self.file.rotation_nonce
     }
 
     fn ciphertext(&self) -> Result<Vec<u8>, KeystoreError> {
@@ -337,28 +353,40 @@ impl Keystore {
         // Prove the stored blob is the key in memory before replacing it: a rewrap must never
         // turn a keystore that opens into one that does not.
         self.check(kv, unlocked).await?;
+        persist::failpoint("keystore-rewrap-decrypted");
         let wrapped = kv.encrypt(new_key, ALGORITHM, unlocked.master.expose()).await?;
+        persist::failpoint("keystore-rewrap-encrypted");
         let mut next = self.clone();
         next.file.master.key_identifier = wrapped.key_id.to_string();
         next.file.master.ciphertext = B64.encode(&wrapped.value);
         next.file.master.wrapped_at = now();
         next.key_identifier = wrapped.key_id;
-        next.write()?;
+        // Until this write is durable the old blob is the one on disk (and it still opens).
+        next.write("keystore-rewrap")?;
         *self = next;
         Ok(())
     }
 
     /// Master-key rotation: a new master key, the data keys re-sealed under it, the new master
-    /// key encrypted by the key in use. No page is rewritten.
-    pub async fn rotate_master(&mut self, kv: &KeyVaultClient, unlocked: &mut Unlocked) -> Result<(), KeystoreError> {
+    /// key encrypted by the key in use, and `nonce` (the request carried out) recorded in the
+    /// same write. No page is rewritten.
+    pub async fn rotate_master(
+        &mut self,
+        kv: &KeyVaultClient,
+        unlocked: &mut Unlocked,
+        nonce: u64,
+    ) -> Result<(), KeystoreError> {
         let master = KeyBytes::random().map_err(|_| KeystoreError::Random)?;
+        persist::failpoint("keystore-rotate-generated");
         let generation = self.file.master.generation + 1;
         let node_id = self.file.node_id.clone();
         let mut sealed = Vec::with_capacity(unlocked.data.keys.len());
         for (id, key) in &unlocked.data.keys {
             sealed.push(seal(&master, &node_id, generation, *id, key)?);
         }
+        persist::failpoint("keystore-rotate-resealed");
         let wrapped = kv.encrypt(&self.key_identifier, ALGORITHM, master.expose()).await?;
+        persist::failpoint("keystore-rotate-encrypted");
         let mut next = self.clone();
         next.file.master = WrappedMaster {
             key_identifier: wrapped.key_id.to_string(),
@@ -368,16 +396,18 @@ impl Keystore {
             wrapped_at: now(),
         };
         next.file.data_keys = sealed;
+        next.file.rotation_nonce = nonce;
         next.key_identifier = wrapped.key_id;
-        next.write()?;
+        next.write("keystore-rotate")?;
         *self = next;
         unlocked.master = master;
         Ok(())
     }
 
-    fn write(&self) -> Result<(), KeystoreError> {
+    /// The durable replace; `step` names its failpoints (`{step}-tmp-written`, `{step}-renamed`).
+    fn write(&self, step: &str) -> Result<(), KeystoreError> {
         let bytes = serde_json::to_vec_pretty(&self.file).expect("keystore serializes");
-        persist::write_atomic(&self.dir, FILE_NAME, &bytes)
+        persist::write_atomic_at(&self.dir, FILE_NAME, &bytes, Some(step))
             .map_err(|source| KeystoreError::Io { path: Self::path_in(&self.dir), source })
     }
 }

@@ -16,9 +16,28 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
+/// Stops the process at a named step when `ATREST_FAILPOINT` names it, the way kill -9 would
+/// (an abort runs no destructor and flushes nothing). The crash tests (`crates/cli/tests/
+/// node_crash.rs`) run `atrest node` with it set, once per step. The same mechanism as
+/// `atrest_control::bootstrap::failpoint`, which this crate cannot depend on; hand-written rather
+/// than the `fail` crate because one environment lookup per step of a rare operation (first
+/// start, a rotation) needs no registry or cargo feature.
+pub fn failpoint(step: &str) {
+    if std::env::var_os("ATREST_FAILPOINT").is_some_and(|v| v == step) {
+        eprintln!("ATREST_FAILPOINT: aborting at {step}");
+        std::process::abort();
+    }
+}
+
 /// Replaces `dir/name` with `bytes`, atomically and durably (see the module docs). The file is
 /// mode 0600. A stale `dir/name.tmp` from an earlier crash is overwritten, never read.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_at(dir, name, bytes, None)
+}
+
+/// [`write_atomic`] with two named failpoints: `{step}-tmp-written` (the temp file is durable,
+/// the target untouched) and `{step}-renamed` (the new file is in place and durable).
+pub fn write_atomic_at(dir: &Path, name: &str, bytes: &[u8], step: Option<&str>) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     {
@@ -28,8 +47,15 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
     }
+    if let Some(step) = step {
+        failpoint(&format!("{step}-tmp-written"));
+    }
     fs::rename(&tmp, &target)?;
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    if let Some(step) = step {
+        failpoint(&format!("{step}-renamed"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

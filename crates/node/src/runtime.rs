@@ -40,6 +40,7 @@ use crate::control::{
 use crate::engine::Engine;
 use crate::identity::{self, Identity};
 use crate::keystore::{Keystore, KeystoreError, Unlocked};
+use crate::persist::failpoint;
 use crate::tokens::{ControlPlaneTokens, REVOKED_CODE};
 
 /// A node's state, as reported.
@@ -316,7 +317,7 @@ pub async fn start(options: NodeOptions, engine: Arc<dyn Engine>) -> Result<Node
         unlocked: None,
         kv: None,
         denied_since: None,
-        seen_rotation_nonce: None,
+        reported: false,
         control_state,
     };
     let sup = tokio::spawn(supervisor.run(config_rx, revoked, revoked_why, done_tx));
@@ -378,7 +379,8 @@ struct Supervisor {
     unlocked: Option<Unlocked>,
     kv: Option<KvSetup>,
     denied_since: Option<Instant>,
-    seen_rotation_nonce: Option<u64>,
+    /// Whether this process has sent a report yet (for the crash tests' failpoint).
+    reported: bool,
     control_state: Arc<RwLock<Option<String>>>,
 }
 
@@ -405,6 +407,11 @@ fn reported(e: &KeystoreError) -> ReportedError {
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
+}
+
+/// The key's current version as the control plane last resolved it, if it sent one.
+fn ear_current_version(cfg: &NodeConfig) -> Option<&str> {
+    cfg.encryption_at_rest.current_key_version.as_deref().filter(|v| !v.is_empty() && !v.contains('/'))
 }
 
 impl Supervisor {
@@ -446,6 +453,7 @@ impl Supervisor {
                     last_etag = etag.clone();
                     self.step(cfg, changed).await;
                     self.report(etag.clone()).await;
+                    self.reported = true;
                     Duration::from_secs(cfg.check_interval_secs.max(1))
                 }
             };
@@ -510,6 +518,11 @@ impl Supervisor {
         {
             return Ok(kv.client.clone());
         }
+        if self.kv.as_ref().is_some_and(|kv| kv.auth_mode != ear.auth_mode) {
+            // A static → roleId migration (or back) switches the node's token path. Nothing
+            // about it is persisted: a restart reads the mode from the configuration again.
+            failpoint("node-auth-mode-switched");
+        }
         let mut transport = self.options.azure.clone();
         if let Some(addr) = &address {
             let addr = addr.parse().map_err(|e| format!("the private endpoint's address {addr}: {e}"))?;
@@ -562,7 +575,11 @@ impl Supervisor {
         let checked_at = now();
         if self.unlocked.is_none() {
             let result = match &self.keystore {
-                None => Keystore::create(&self.options.data_dir, &self.identity.node_id, &kv, &kid).await,
+                None => {
+                    // A fresh master key satisfies every rotation request made so far.
+                    let nonce = cfg.master_key_rotation_nonce;
+                    Keystore::create(&self.options.data_dir, &self.identity.node_id, &kv, &kid, nonce).await
+                }
                 Some(ks) => ks.unlock(&kv).await.map(|u| (ks.clone(), u)),
             };
             match result {
@@ -570,10 +587,10 @@ impl Supervisor {
                     if let Err(e) = self.engine.open(unlocked.data_keys()) {
                         return self.fail_setup(format!("the {} engine did not open: {e}", self.engine.kind()));
                     }
+                    failpoint("node-engine-opened");
                     tracing::info!(key = %ks.key_identifier(), "unlocked: serving");
                     self.keystore = Some(ks);
                     self.unlocked = Some(unlocked);
-                    self.seen_rotation_nonce.get_or_insert(cfg.master_key_rotation_nonce);
                     self.publish_ok(NodeState::Serving, checked_at, via, ear.auth_mode.clone());
                 }
                 Err(e) => {
@@ -648,11 +665,19 @@ impl Supervisor {
         let (Some(ks), Some(unlocked)) = (&mut self.keystore, &mut self.unlocked) else { return Ok(()) };
         let current = ks.key_identifier().clone();
         let same_key = current.vault() == wanted.vault() && current.name() == wanted.name();
-        let rewrap = match wanted.version() {
+        // The control plane resolves an unversioned identifier's current version when it
+        // revalidates and sends it (`currentKeyVersion`; a new one changes the ETag), so a check
+        // stays one decrypt and a new version reaches the node within a poll.
+        let resolved = match (wanted.version(), ear_current_version(cfg)) {
+            (None, Some(v)) => format!("{wanted}/{v}").parse::<KeyIdentifier>().ok(),
+            _ => None,
+        };
+        let target = resolved.as_ref().unwrap_or(wanted);
+        let rewrap = match target.version() {
             Some(v) => !same_key || current.version() != Some(v),
             None if !same_key => true,
-            // An unversioned identifier follows the key's current version; asking Key Vault
-            // which one that is costs a GET, so it is asked on configuration changes only.
+            // No resolved version from the control plane (it has not revalidated yet): asking Key
+            // Vault costs a GET, so it is asked on configuration changes only.
             None if config_changed => {
                 let props = kv.get_key(wanted).await?;
                 props.id.version() != current.version()
@@ -660,12 +685,13 @@ impl Supervisor {
             None => false,
         };
         if rewrap {
-            ks.rewrap(kv, unlocked, wanted).await?;
+            ks.rewrap(kv, unlocked, target).await?;
             tracing::info!(from = %current, to = %ks.key_identifier(), "re-wrapped the master key");
         }
-        if self.seen_rotation_nonce != Some(cfg.master_key_rotation_nonce) {
-            ks.rotate_master(kv, unlocked).await?;
-            self.seen_rotation_nonce = Some(cfg.master_key_rotation_nonce);
+        // The request carried out is recorded in the keystore with the new master key: one asked
+        // for while the node was down, or interrupted by a crash, is carried out now.
+        if cfg.master_key_rotation_nonce > ks.rotation_nonce() {
+            ks.rotate_master(kv, unlocked, cfg.master_key_rotation_nonce).await?;
             tracing::info!(generation = ks.generation(), "rotated the master key");
         }
         Ok(())
@@ -686,6 +712,9 @@ impl Supervisor {
     }
 
     async fn report(&self, etag: Option<String>) {
+        if !self.reported {
+            failpoint("node-before-first-report");
+        }
         let s = self.gate.status();
         let report = StatusReport {
             state: s.state.as_str().to_string(),

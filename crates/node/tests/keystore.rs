@@ -109,7 +109,7 @@ async fn first_start_restart_and_no_plaintext_on_disk() {
     let dir = node_dir(&w);
     assert!(Keystore::load(&dir).unwrap().is_none(), "no keystore before the first start");
 
-    let (store, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid).await.unwrap();
+    let (store, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid, 0).await.unwrap();
     assert_eq!(
         store.key_identifier(),
         &w.kid,
@@ -170,7 +170,7 @@ async fn first_start_restart_and_no_plaintext_on_disk() {
 async fn a_wrong_key_never_opens_the_data() {
     let w = world().await;
     let dir = node_dir(&w);
-    let (_, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid).await.unwrap();
+    let (_, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid, 0).await.unwrap();
     let db = engine(&dir);
     db.open(unlocked.data_keys()).unwrap();
     db.put("c", "a", "{}").unwrap();
@@ -189,7 +189,7 @@ async fn a_wrong_key_never_opens_the_data() {
 async fn revoking_the_grant_fails_checks_and_starts_as_denied() {
     let w = world().await;
     let dir = node_dir(&w);
-    let (store, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid).await.unwrap();
+    let (store, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid, 0).await.unwrap();
     store.check(&w.kv, &unlocked).await.unwrap();
 
     // `az keyvault delete-policy --name <vault> --object-id <sp>`.
@@ -217,7 +217,7 @@ async fn revoking_the_grant_fails_checks_and_starts_as_denied() {
 async fn customer_key_rotation_rewraps_only_and_the_old_version_can_then_be_disabled() {
     let w = world().await;
     let dir = node_dir(&w);
-    let (mut store, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid).await.unwrap();
+    let (mut store, unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid, 0).await.unwrap();
     let db = engine(&dir);
     db.open(unlocked.data_keys()).unwrap();
     db.put("c", "before", "{\"a\":1}").unwrap();
@@ -245,7 +245,7 @@ async fn customer_key_rotation_rewraps_only_and_the_old_version_can_then_be_disa
 async fn master_key_rotation_reseals_data_keys_without_touching_pages() {
     let w = world().await;
     let dir = node_dir(&w);
-    let (mut store, mut unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid).await.unwrap();
+    let (mut store, mut unlocked) = Keystore::create(&dir, "node-1", &w.kv, &w.kid, 0).await.unwrap();
     let db = engine(&dir);
     db.open(unlocked.data_keys()).unwrap();
     db.put("c", "x", "{}").unwrap();
@@ -253,13 +253,15 @@ async fn master_key_rotation_reseals_data_keys_without_touching_pages() {
     let pages = std::fs::read(dir.join("data.db")).unwrap();
     let old_master = KeyBytes::from_slice(unlocked.master().expose()).unwrap();
 
-    store.rotate_master(&w.kv, &mut unlocked).await.unwrap();
+    store.rotate_master(&w.kv, &mut unlocked, 1).await.unwrap();
     assert_eq!(store.generation(), 2);
     assert!(!unlocked.master().ct_eq(&old_master), "a new master key");
     assert_eq!(std::fs::read(dir.join("data.db")).unwrap(), pages, "no page rewritten");
 
     let reopened = Keystore::load(&dir).unwrap().unwrap();
     assert_eq!(reopened.generation(), 2);
+    // The request it carried out is recorded with the new master key, in the same write.
+    assert_eq!(reopened.rotation_nonce(), 1);
     let again = reopened.unlock(&w.kv).await.unwrap();
     assert!(again.master().ct_eq(unlocked.master()));
     db.open(again.data_keys()).unwrap();
@@ -270,7 +272,7 @@ async fn master_key_rotation_reseals_data_keys_without_touching_pages() {
 async fn a_tampered_or_foreign_keystore_is_refused_with_a_reason() {
     let w = world().await;
     let dir = node_dir(&w);
-    let (_, _) = Keystore::create(&dir, "node-1", &w.kv, &w.kid).await.unwrap();
+    let (_, _) = Keystore::create(&dir, "node-1", &w.kv, &w.kid, 0).await.unwrap();
     let path = Keystore::path_in(&dir);
     let original = std::fs::read_to_string(&path).unwrap();
 

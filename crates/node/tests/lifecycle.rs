@@ -14,8 +14,6 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::{Env, Options};
 
-const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
-
 struct Cluster {
     group: String,
     role: String,
@@ -29,31 +27,25 @@ async fn atrest_post(env: &Env, path: &str, body: Value) -> (StatusCode, Value) 
     env.atlas(Method::POST, path, Some(body)).await
 }
 
-/// The seeds' flow (register, grant, PATCH), then a cluster on the project's key.
+/// The seeds' flow (register, grant, PATCH), then a one-node cluster on the project's key.
 async fn cluster(env: &Env) -> Cluster {
+    cluster_with(env, 1, false).await
+}
+
+/// As [`cluster`], with `nodes` nodes; `unversioned`: the key identifier is PATCHed without its
+/// version (the key's current version is used, whichever it is).
+async fn cluster_with(env: &Env, nodes: u32, unversioned: bool) -> Cluster {
     let group = env.project("nodes").await;
     let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
     let role = env.register(&group, &tenant).await;
     let (_, crypto_assignment) = tenant.grant_rbac().await;
-    let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
+    let mut block = tenant.ear_block(&role);
+    if unversioned {
+        block["keyIdentifier"] = json!(tenant.unversioned_kid());
+    }
+    let (s, v) = env.patch_ear(&group, block).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let r = env
-        .http
-        .post(format!("{}/api/atlas/v2/groups/{group}/clusters", env.url()))
-        .bearer_auth(&env.token)
-        .header("Accept", CLUSTERS_ACCEPT)
-        .header("Content-Type", CLUSTERS_ACCEPT)
-        .json(&json!({
-            "name": "Cluster0",
-            "clusterType": "REPLICASET",
-            "encryptionAtRestProvider": "AZURE",
-            "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
-                "electableSpecs": {"instanceSize": "M10", "nodeCount": 1}}]}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    env.create_cluster(&group, "Cluster0", nodes).await;
     let (s, v) =
         atrest_post(env, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"), json!({})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -303,4 +295,91 @@ async fn a_node_started_while_the_control_plane_is_down_stays_locked_and_says_wh
     let r = reqwest::get(format!("{}/healthz", node.url())).await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_current_version_behind_an_unversioned_identifier_reaches_every_node_after_revalidation() {
+    let env = Env::start_with(options_with_fast_checks()).await;
+    let c = cluster_with(&env, 3, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let token = join_token(&env, &c).await;
+        let opts = options(&env, &dir.path().join(format!("n{i}")), Some(token));
+        nodes.push(EmbeddedNode::start(opts, "127.0.0.1:0".parse().unwrap()).await.unwrap());
+    }
+    let old_version = c.tenant.kid.rsplit('/').next().unwrap().to_string();
+    for n in &nodes {
+        let s = wait_state(n, NodeState::Serving, Duration::from_secs(20)).await;
+        assert_eq!(s.key_version.as_deref(), Some(old_version.as_str()), "{s:?}");
+    }
+    let http = reqwest::Client::new();
+    let doc = |n: &EmbeddedNode| format!("{}/v1/collections/c/documents/d", n.url());
+    for n in &nodes {
+        let r = http.put(doc(n)).bearer_auth(&c.data_credential).json(&json!({"v": 1})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    // The customer rotates the key in Key Vault (a new version); the configuration does not
+    // change. Several checks later the nodes still use the old version: a check is one decrypt
+    // and asks Key Vault nothing else.
+    let new_kid = c.tenant.customer.create_key(&c.tenant.vault, "cmk", None).await.unwrap();
+    let new_version = new_kid.rsplit('/').next().unwrap().to_string();
+    assert_ne!(new_version, old_version);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for n in &nodes {
+        assert_eq!(n.handle().gate().status().key_version.as_deref(), Some(old_version.as_str()));
+    }
+
+    // The control plane notices when it revalidates ("Try Again" here; the background job
+    // runs the same): the configuration names the new current version, and every node re-wraps.
+    let (s, v) = env
+        .atlas(
+            Method::POST,
+            &format!("/api/atlas/v2/groups/{}/encryptionAtRest/azureKeyVault:revalidate", c.group),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in &nodes {
+        while n.handle().gate().status().key_version.as_deref() != Some(new_version.as_str()) {
+            assert!(tokio::time::Instant::now() < deadline, "no re-wrap: {:?}", n.handle().gate().status());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let ok = env
+        .wait_for(Duration::from_secs(10), || async {
+            let (_, v) = env
+                .atlas(Method::GET, &format!("/api/atrest/v1/groups/{}/clusters/{}/nodes", c.group, c.name), None)
+                .await;
+            v["results"]
+                .as_array()
+                .is_some_and(|r| r.len() == 3 && r.iter().all(|n| n["keyVersion"] == new_version.as_str()))
+        })
+        .await;
+    assert!(ok, "the nodes list never showed the new version on every node");
+
+    // The old version disabled: the nodes serve on, and a restart opens with the new one.
+    c.tenant
+        .customer
+        .update_key(&c.tenant.vault, "cmk", &old_version, json!({"attributes": {"enabled": false}}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for n in &nodes {
+        assert_eq!(n.handle().gate().status().state, NodeState::Serving, "disabling the old version harmed a node");
+    }
+    let first = nodes.remove(0);
+    first.shutdown().await;
+    let again =
+        EmbeddedNode::start(options(&env, &dir.path().join("n0"), None), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = wait_state(&again, NodeState::Serving, Duration::from_secs(20)).await;
+    assert_eq!(s.key_version.as_deref(), Some(new_version.as_str()));
+    let v: Value = http.get(doc(&again)).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"v": 1}));
+    again.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
 }

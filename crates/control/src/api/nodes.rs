@@ -312,6 +312,32 @@ pub fn node_routes() -> axum::Router<AppState> {
         .route("/api/atrest/v1/node/config", get(config))
         .route("/api/atrest/v1/node/token", post(token))
         .route("/api/atrest/v1/node/status", post(status))
+        .route("/api/atrest/v1/node/rotateMasterKey", post(rotate_own_master_key))
+}
+
+/// `POST /api/atrest/v1/node/rotateMasterKey` `{}`: the node's own credential asks for what the
+/// operator route `.../nodes/{nodeId}:rotateMasterKey` asks (`atrest node rotate-master-key
+/// --data-dir DIR`, whether the node runs or not); the node rotates on its next configuration
+/// read, or at its next start.
+async fn rotate_own_master_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let node = node_of(&state, &headers).await?;
+    Fields::new("", body).finish()?;
+    match state.store.request_master_key_rotation(&node.cluster_id, &node.id).await {
+        Ok(node) => {
+            state.nodes_config_changed();
+            Ok((
+                StatusCode::ACCEPTED,
+                ok_json(json!({"id": node.id.as_str(), "masterKeyRotationNonce": node.master_key_rotation_nonce})),
+            )
+                .into_response())
+        }
+        Err(StoreError::NotFound { .. }) => Err(revoked("the node was revoked")),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn revoked(detail: &str) -> ApiError {
@@ -417,6 +443,7 @@ async fn node_config(state: &AppState, node: &Node) -> ApiResult<(Value, String)
                 "authMode": mode,
                 "tenantId": tenant,
                 "keyIdentifier": s.azure.key_identifier,
+                "currentKeyVersion": current_key_version(s),
                 "keyVaultName": s.azure.key_vault_name,
                 "azureEnvironment": s.azure.azure_environment.clone().unwrap_or_else(|| "AZURE".into()),
                 "requirePrivateNetworking": s.azure.require_private_networking,
@@ -445,6 +472,17 @@ async fn node_config(state: &AppState, node: &Node) -> ApiResult<(Value, String)
     });
     let etag = format!("\"{}\"", hex::encode(&sha256(body.to_string().as_bytes())[..16]));
     Ok((body, etag))
+}
+
+/// The version of the configured key that the last successful validation used (an unversioned
+/// identifier resolved to its current version), if it is of the configured key: nodes re-wrap to
+/// it without asking Key Vault, and a new one changes the configuration's ETag.
+fn current_key_version(s: &atrest_store::StoredEarConfig) -> Option<String> {
+    let configured: atrest_domain::KeyIdentifier = s.azure.key_identifier.as_deref()?.parse().ok()?;
+    let used: atrest_domain::KeyIdentifier = s.status.key_version_in_use.as_deref()?.parse().ok()?;
+    (used.vault() == configured.vault() && used.name() == configured.name())
+        .then(|| used.version().map(|v| v.to_string()))
+        .flatten()
 }
 
 #[derive(serde::Deserialize)]

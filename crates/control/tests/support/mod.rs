@@ -15,6 +15,8 @@ use atrest_emulator::{Emulator, EmulatorConfig};
 use atrest_store::{OrgId, Organization, Roles};
 
 pub const ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
+/// The clusters operations' media type (docs/clusters.md).
+pub const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
 
 /// Knobs for [`Env::start_with`].
 #[derive(Clone)]
@@ -285,6 +287,31 @@ impl Env {
             Some(block),
         )
         .await
+    }
+
+    /// `POST /api/atlas/v2/groups/{group}/clusters`: a REPLICASET cluster `name` on the
+    /// project's Azure key with `node_count` electable nodes (the clusters API's own media type).
+    pub async fn create_cluster(&self, group: &str, name: &str, node_count: u32) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/api/atlas/v2/groups/{group}/clusters", self.url()))
+            .bearer_auth(&self.token)
+            .header("Accept", CLUSTERS_ACCEPT)
+            .header("Content-Type", CLUSTERS_ACCEPT)
+            .json(&json!({
+                "name": name,
+                "clusterType": "REPLICASET",
+                "encryptionAtRestProvider": "AZURE",
+                "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
+                    "electableSpecs": {"instanceSize": "M10", "nodeCount": node_count}}]}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "creating cluster {name}: {status} {text}");
+        serde_json::from_str(&text).unwrap()
     }
 
     /// An emulator admin call as its bootstrap principal (`path` under `/_emulator/`).
