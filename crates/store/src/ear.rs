@@ -74,7 +74,7 @@ const UPDATE: &str = concat!(
      key_identifier = $10, azure_environment = $11, require_private_networking = $12, valid = $13, \
      validation_state = $14, validation_detail = $15, key_version_in_use = $16, last_validated_at = $17, \
      updated_at = $18, next_validation_at = $19, validation_claimed_at = $18, \
-     config_version = config_version + 1, status_version = status_version + 1 \
+     config_version = config_version + 1, status_version = status_version + 1, \
      pending_role_id = $20 WHERE group_id = $1 AND config_version = $21 RETURNING ",
     ear_columns!()
 );
