@@ -111,6 +111,8 @@ pub async fn merge(
         AzureCredentials::Secretless { .. } => None,
     });
     let new_secret = patch.secret.filter(|s| !s.expose_secret().is_empty());
+    let patched_credentials =
+        patch.role_id.is_some() || patch.client_id.is_some() || patch.tenant_id.is_some() || new_secret.is_some();
 
     let (credentials, static_secret, migrating) = if let Some(role_raw) = &patch.role_id {
         if new_secret.is_some() {
@@ -212,18 +214,50 @@ pub async fn merge(
         }
     };
     let pick = |new: Option<String>, old: Option<&Option<String>>| new.or_else(|| old.cloned().flatten());
+    let require_private_networking =
+        patch.require_private_networking.or(base.map(|b| b.require_private_networking)).unwrap_or(false);
+    // Under private networking the control plane cannot validate a migration to roleId: the
+    // data nodes do. The static credentials stay in force (and stored) until every node has
+    // validated with the role ([`complete_migration`]); the role waits in `pending_role_id`.
+    let (credentials, pending_role_id) = match (credentials, &existing_static) {
+        (AzureCredentials::Secretless { role_id }, Some((client_id, tenant_id, ct))) if require_private_networking => (
+            AzureCredentials::Static {
+                client_id: client_id.clone(),
+                tenant_id: tenant_id.clone(),
+                secret_ciphertext: ct.clone(),
+            },
+            Some(role_id),
+        ),
+        // Private networking turned off with a migration still pending: the control plane
+        // validates the role itself now, so the migration completes with this PATCH.
+        (AzureCredentials::Static { .. }, _)
+            if !patched_credentials
+                && !require_private_networking
+                && base.and_then(|b| b.pending_role_id.as_ref()).is_some() =>
+        {
+            let role_id = base.and_then(|b| b.pending_role_id.clone()).expect("checked");
+            (AzureCredentials::Secretless { role_id }, None)
+        }
+        (c @ AzureCredentials::Static { .. }, _) if !patched_credentials => {
+            (c, base.and_then(|b| b.pending_role_id.clone()))
+        }
+        (c, _) => (c, None),
+    };
+    let static_secret = match &credentials {
+        AzureCredentials::Static { .. } => static_secret,
+        AzureCredentials::Secretless { .. } => None,
+    };
+    let migrating = migrating || pending_role_id.is_some();
     let config = AzureKeyVaultConfig {
         enabled,
         credentials,
+        pending_role_id,
         subscription_id: pick(patch.subscription_id, base.map(|b| &b.subscription_id)),
         resource_group_name: pick(patch.resource_group_name, base.map(|b| &b.resource_group_name)),
         key_vault_name: pick(patch.key_vault_name, base.map(|b| &b.key_vault_name)),
         key_identifier: pick(patch.key_identifier, base.map(|b| &b.key_identifier)),
         azure_environment: pick(patch.azure_environment, base.map(|b| &b.azure_environment)),
-        require_private_networking: patch
-            .require_private_networking
-            .or(base.map(|b| b.require_private_networking))
-            .unwrap_or(false),
+        require_private_networking,
     };
     if !config.enabled {
         return Err(ApiError::invalid_attribute(

@@ -28,8 +28,8 @@ use crate::graph::{FicError, new_federated_credential};
 use crate::http::{body_bytes, is_loopback_host, path_segments, request_info};
 use crate::server::RequestInfo;
 use crate::state::{
-    Application, CertificateCredential, Fault, FaultKind, FederatedCredential, PrivateEndpoint, SecretCredential,
-    ServicePrincipal, State as Model,
+    Application, CertificateCredential, Fault, FaultKind, FederatedCredential, PeConnection, PeConnectionStatus,
+    PrivateEndpoint, SecretCredential, ServicePrincipal, State as Model,
 };
 use crate::tokens::{self, TokenProblem, arm_resources};
 use crate::{Ctx, ThrottleState};
@@ -963,14 +963,37 @@ fn delete_throttle(ctx: &Ctx, raw: &str) -> Result<Response> {
 struct NewPrivateEndpoint {
     vault: String,
     port: Option<u16>,
+    /// Request a connection that the vault's owner must approve in ARM (Azure's
+    /// `--manual-request`), under this name. Absent: auto-approved.
+    #[serde(rename = "connectionName")]
+    connection_name: Option<String>,
+    /// The requester's message shown to the approver.
+    #[serde(rename = "requestMessage")]
+    request_message: Option<String>,
 }
 
 fn endpoint_view(ctx: &Ctx, pe: &PrivateEndpoint) -> Value {
     let listening = ctx.private_listeners.lock().contains_key(&pe.id);
-    json!({
+    let mut v = json!({
         "id": pe.id, "vault": pe.vault, "port": pe.port,
         "address": format!("127.0.0.1:{}", pe.port), "listening": listening,
-    })
+        "connectionStatus": pe.connection.as_ref().map(|c| c.status.as_str()).unwrap_or("Approved"),
+    });
+    if let Some(c) = &pe.connection {
+        v["connectionName"] = json!(c.name);
+    }
+    v
+}
+
+/// A private endpoint connection name as ARM accepts it: 1..80 of letters, digits, `-`, `_`, `.`.
+fn connection_name(raw: &str) -> Result<String> {
+    let ok = (1..=80).contains(&raw.len()) && raw.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        return Err(invalid(format!(
+            "connectionName '{raw}' is not a valid private endpoint connection name: use 1 to 80 letters, digits, '-', '_' or '.'."
+        )));
+    }
+    Ok(raw.to_string())
 }
 
 async fn create_private_endpoint(ctx: &Ctx, body: &[u8]) -> Result<Response> {
@@ -988,12 +1011,36 @@ async fn create_private_endpoint(ctx: &Ctx, body: &[u8]) -> Result<Response> {
     if port != 0 && port < 1024 {
         return Err(invalid(format!("port {port} is privileged: use 0 (any free port) or 1024 to 65535.")));
     }
+    let connection = match &req.connection_name {
+        None => None,
+        Some(raw) => Some(PeConnection {
+            name: connection_name(raw)?,
+            status: PeConnectionStatus::Pending,
+            description: req.request_message.clone().unwrap_or_default(),
+        }),
+    };
     let id = Uuid::new_v4();
     let (port, handle) = crate::server::spawn_private_listener(ctx, id, &vault, port)
         .await
         .map_err(|e| conflict(format!("Cannot listen on 127.0.0.1:{port} ({e}); choose another port or send 0.")))?;
-    let pe = PrivateEndpoint { id, vault, port };
+    let pe = PrivateEndpoint { id, vault: vault.clone(), port, connection };
     let saved = ctx.mutate(|s| -> Result<()> {
+        if let Some(c) = &pe.connection {
+            // A connection name is unique on its vault while the vault still lists it.
+            let taken = s.settings.private_endpoints.iter().any(|p| {
+                p.vault.eq_ignore_ascii_case(&vault)
+                    && p.connection.as_ref().is_some_and(|o| {
+                        o.name.eq_ignore_ascii_case(&c.name) && o.status != PeConnectionStatus::Disconnected
+                    })
+            });
+            if taken {
+                return Err(conflict(format!(
+                    "Vault '{vault}' already has a private endpoint connection named '{}'. Delete it on the vault \
+                     (ARM DELETE .../privateEndpointConnections/{}) or choose another name.",
+                    c.name, c.name
+                )));
+            }
+        }
         s.settings.private_endpoints.push(pe.clone());
         Ok(())
     });

@@ -285,6 +285,35 @@ impl Customer {
         Ok(id)
     }
 
+    /// `az keyvault private-endpoint-connection approve|reject --vault-name V --name N`: ARM `PUT
+    /// {vault}/privateEndpointConnections/{name}` with `status` `Approved` or `Rejected`.
+    pub async fn set_private_endpoint_connection(
+        &self,
+        vault_id: &str,
+        name: &str,
+        status: &str,
+    ) -> anyhow::Result<Value> {
+        self.arm(
+            reqwest::Method::PUT,
+            &format!("{vault_id}/privateEndpointConnections/{name}?api-version=2023-07-01"),
+            Some(json!({"properties": {"privateLinkServiceConnectionState": {"status": status, "description": format!("{status} by the vault's owner")}}})),
+            "setting the private endpoint connection's state",
+        )
+        .await
+    }
+
+    /// `az keyvault private-endpoint-connection delete --vault-name V --name N`.
+    pub async fn delete_private_endpoint_connection(&self, vault_id: &str, name: &str) -> anyhow::Result<()> {
+        self.arm(
+            reqwest::Method::DELETE,
+            &format!("{vault_id}/privateEndpointConnections/{name}?api-version=2023-07-01"),
+            None,
+            "deleting the private endpoint connection",
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `PATCH` vault properties (e.g. `{"publicNetworkAccess":"Disabled"}`).
     pub async fn update_vault(&self, vault_id: &str, properties: Value) -> anyhow::Result<()> {
         self.arm(

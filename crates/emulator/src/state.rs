@@ -384,6 +384,53 @@ pub struct PrivateEndpoint {
     /// Lowercase vault name it connects to.
     pub vault: String,
     pub port: u16,
+    /// The private endpoint connection on the vault, when the endpoint was requested with
+    /// manual approval (`connectionName`). `None`: auto-approved (the creator could approve it
+    /// on the vault itself, as Azure does for a requester with write access).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<PeConnection>,
+}
+
+impl PrivateEndpoint {
+    /// Whether requests through this endpoint may reach its vault: Azure lets only an
+    /// `Approved` connection through.
+    pub fn approved(&self) -> bool {
+        self.connection.as_ref().is_none_or(|c| c.status == PeConnectionStatus::Approved)
+    }
+}
+
+/// A private endpoint connection as the vault's owner sees it in ARM
+/// (`Microsoft.KeyVault/vaults/privateEndpointConnections`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeConnection {
+    /// The connection's name on the vault (unique per vault).
+    pub name: String,
+    pub status: PeConnectionStatus,
+    /// `privateLinkServiceConnectionState.description`: the requester's message, then the
+    /// approver's.
+    pub description: String,
+}
+
+/// `privateLinkServiceConnectionState.status`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PeConnectionStatus {
+    Pending,
+    Approved,
+    Rejected,
+    /// The vault's owner deleted the connection: the endpoint stays but reaches nothing, and
+    /// cannot be approved again (the requester must create a new endpoint).
+    Disconnected,
+}
+
+impl PeConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Approved => "Approved",
+            Self::Rejected => "Rejected",
+            Self::Disconnected => "Disconnected",
+        }
+    }
 }
 
 /// A client secret in Entra's style: 40 characters with a `~` after a 3-character hint.

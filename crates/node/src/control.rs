@@ -75,17 +75,39 @@ pub struct EarSettings {
     pub require_private_networking: bool,
     #[serde(default)]
     pub private_endpoint: Option<PrivateEndpoint>,
+    /// A static → roleId migration under private networking: the node validates with this mode
+    /// and keeps `auth_mode` (STATIC) whenever this one is refused, so the migration never
+    /// costs the node its access.
+    #[serde(default)]
+    pub pending_auth_mode: Option<String>,
+    /// The key must carry this tag (the confused-deputy guard, `validation.require_key_binding`):
+    /// the node refuses to wrap its master key under a key without it.
+    #[serde(default)]
+    pub key_binding: Option<KeyBinding>,
 }
 
-/// The approved EAR private endpoint to reach the vault through.
+/// The EAR private endpoint to reach the vault through (the vault's owner approves its
+/// connection in Azure; only an approved one gets through).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PrivateEndpoint {
     #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
     pub region: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    /// `IP:PORT` to send the vault's requests to (TLS and host name unchanged).
     pub address: String,
+    #[serde(default)]
+    pub connection_name: Option<String>,
+}
+
+/// The tag a key must carry to be used for this project.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct KeyBinding {
+    pub tag: String,
+    pub value: String,
 }
 
 /// A data credential the node accepts: the SHA-256 (hex) of the whole credential.

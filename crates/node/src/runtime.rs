@@ -316,6 +316,8 @@ pub async fn start(options: NodeOptions, engine: Arc<dyn Engine>) -> Result<Node
         keystore,
         unlocked: None,
         kv: None,
+        kv_candidate: None,
+        bound_key: None,
         denied_since: None,
         reported: false,
         control_state,
@@ -378,6 +380,10 @@ struct Supervisor {
     keystore: Option<Keystore>,
     unlocked: Option<Unlocked>,
     kv: Option<KvSetup>,
+    /// A migration's candidate mode (`pendingAuthMode`), kept beside the mode in force.
+    kv_candidate: Option<KvSetup>,
+    /// The key identifier whose binding tag was last verified.
+    bound_key: Option<String>,
     denied_since: Option<Instant>,
     /// Whether this process has sent a report yet (for the crash tests' failpoint).
     reported: bool,
@@ -385,6 +391,9 @@ struct Supervisor {
 }
 
 type ConfigRx = watch::Receiver<Option<(Box<NodeConfig>, Option<String>)>>;
+
+/// The control plane's error code for a key without the project's binding tag.
+pub const KEY_NOT_BOUND_CODE: &str = "ENCRYPTION_AT_REST_KEY_NOT_BOUND_TO_PROJECT";
 
 /// Classifies an error for the report: `DENIED`, `UNREACHABLE` or `INTERNAL`.
 fn reported(e: &KeystoreError) -> ReportedError {
@@ -493,8 +502,13 @@ impl Supervisor {
         self.denied_since = None;
     }
 
-    fn kv_for(&mut self, cfg: &NodeConfig) -> Result<KeyVaultClient, String> {
+    /// The Key Vault client for `mode` (the configuration's `authMode`, or a migration's
+    /// `pendingAuthMode`), through the private endpoint under private networking. The mode in
+    /// force and a migration's candidate are kept side by side, so that checking both on every
+    /// pass rebuilds neither.
+    fn kv_for(&mut self, cfg: &NodeConfig, mode: Option<&String>) -> Result<KeyVaultClient, String> {
         let ear = &cfg.encryption_at_rest;
+        let mode = mode.cloned();
         let tenant: AzureUuid = ear
             .tenant_id
             .as_deref()
@@ -511,12 +525,10 @@ impl Supervisor {
         } else {
             None
         };
-        if let Some(kv) = &self.kv
-            && kv.tenant == tenant
-            && kv.auth_mode == ear.auth_mode
-            && kv.address == address
-        {
-            return Ok(kv.client.clone());
+        for kv in [&self.kv, &self.kv_candidate].into_iter().flatten() {
+            if kv.tenant == tenant && kv.auth_mode == mode && kv.address == address {
+                return Ok(kv.client.clone());
+            }
         }
         if self.kv.as_ref().is_some_and(|kv| kv.auth_mode != ear.auth_mode) {
             // A static → roleId migration (or back) switches the node's token path. Nothing
@@ -530,7 +542,7 @@ impl Supervisor {
             transport.endpoint_override = Some(EndpointOverride { addr, extra_ca_pem: ca });
         }
         let transport = Transport::new(&transport).map_err(|e| e.to_string())?;
-        let source = ControlPlaneTokens::new(self.client.clone(), ear.auth_mode.clone());
+        let source = ControlPlaneTokens::new(self.client.clone(), mode.clone());
         // A fresh cache per setup: a token of the old auth mode is never reused for the new one.
         let tokens = TokenProvider::external(
             transport,
@@ -541,8 +553,59 @@ impl Supervisor {
             self.options.retry.clone(),
         );
         let client = KeyVaultClient::new(tokens, tenant, self.options.retry.clone());
-        self.kv = Some(KvSetup { tenant, auth_mode: ear.auth_mode.clone(), address, client: client.clone() });
+        let setup = KvSetup { tenant, auth_mode: mode.clone(), address, client: client.clone() };
+        if mode == ear.auth_mode {
+            self.kv = Some(setup);
+        } else {
+            self.kv_candidate = Some(setup);
+        }
         Ok(client)
+    }
+
+    /// Whether the configuration's key carries the binding tag (when the control plane requires
+    /// one): one key GET on a configuration change or a new key, none otherwise. The refusal
+    /// carries the control plane's code for it, so the control plane flags the project with the
+    /// same `ENCRYPTION_AT_REST_KEY_NOT_BOUND_TO_PROJECT` as on the PATCH path.
+    async fn check_binding(
+        &mut self,
+        cfg: &NodeConfig,
+        kv: &KeyVaultClient,
+        kid: &KeyIdentifier,
+        config_changed: bool,
+    ) -> Result<(), ReportedError> {
+        let Some(binding) = &cfg.encryption_at_rest.key_binding else {
+            self.bound_key = None;
+            return Ok(());
+        };
+        let id = kid.to_string();
+        if !config_changed && self.bound_key.as_deref() == Some(id.as_str()) {
+            return Ok(());
+        }
+        let props = kv.get_key(kid).await.map_err(|e| reported(&KeystoreError::KeyVault(e)))?;
+        if props.tags.get(&binding.tag) == Some(&binding.value) {
+            self.bound_key = Some(id);
+            return Ok(());
+        }
+        self.bound_key = None;
+        let found = match props.tags.get(&binding.tag) {
+            Some(v) => format!("carries {}={v}", binding.tag),
+            None => format!("has no tag {}", binding.tag),
+        };
+        Err(ReportedError {
+            kind: "DENIED",
+            azure_code: Some(KEY_NOT_BOUND_CODE.into()),
+            message: format!(
+                "key {kid} {found}, but this project ({}) may use only a key tagged {}={}: the node does not wrap its master key under it",
+                binding.value, binding.tag, binding.value
+            ),
+            fix: Some(format!(
+                "az keyvault key set-attributes --vault-name {} --name {} --tags {}={}",
+                kid.vault(),
+                kid.name(),
+                binding.tag,
+                binding.value
+            )),
+        })
     }
 
     fn fail_setup(&mut self, message: String) {
@@ -567,13 +630,27 @@ impl Supervisor {
             Ok(k) => k,
             Err(e) => return self.fail_setup(format!("the configuration's key identifier {kid}: {e}")),
         };
-        let kv = match self.kv_for(cfg) {
+        let kv = match self.kv_for(cfg, ear.auth_mode.as_ref()) {
             Ok(kv) => kv,
             Err(e) => return self.fail_setup(e),
         };
         let via = if ear.require_private_networking { "PRIVATE_ENDPOINT" } else { "PUBLIC" };
         let checked_at = now();
+        // The key binding (confused-deputy guard): never wrap under a key the project does not own.
+        let binding = self.check_binding(cfg, &kv, &kid, config_changed).await;
         if self.unlocked.is_none() {
+            if let Err(err) = binding {
+                tracing::warn!(error = %err.message, "the key is not bound to this project: not unlocking");
+                self.gate.publish(|s| {
+                    if !s.state.serves() {
+                        s.state = NodeState::Locked;
+                    }
+                    s.last_check_at = Some(checked_at);
+                    s.via = via;
+                    s.last_error = Some(err);
+                });
+                return;
+            }
             let result = match &self.keystore {
                 None => {
                     // A fresh master key satisfies every rotation request made so far.
@@ -608,17 +685,56 @@ impl Supervisor {
             }
             return;
         }
+        // A migration under private networking: check with the candidate mode first; if it is
+        // refused, the mode in force checks instead and the refusal is reported beside it.
+        let mut kv = kv;
+        let mut mode = ear.auth_mode.clone();
+        let mut candidate_error = None;
+        if let Some(candidate) = ear.pending_auth_mode.as_ref().filter(|m| Some(*m) != ear.auth_mode.as_ref()) {
+            match self.kv_for(cfg, Some(candidate)) {
+                Ok(cand) => {
+                    let (Some(ks), Some(unlocked)) = (&self.keystore, &self.unlocked) else { return };
+                    match ks.check(&cand, unlocked).await {
+                        Ok(()) => {
+                            kv = cand;
+                            mode = Some(candidate.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the pending auth mode {candidate} was refused; checking with the mode in force");
+                            let mut err = reported(&e);
+                            err.message = format!("validating {candidate} for the pending migration: {}", err.message);
+                            candidate_error = Some(err);
+                        }
+                    }
+                }
+                Err(e) => {
+                    candidate_error = Some(ReportedError { kind: "INTERNAL", azure_code: None, message: e, fix: None })
+                }
+            }
+        }
         let (Some(ks), Some(unlocked)) = (&self.keystore, &self.unlocked) else { return };
-        match ks.check(&kv, unlocked).await {
+        let checked =
+            if candidate_error.is_none() && mode != ear.auth_mode { Ok(()) } else { ks.check(&kv, unlocked).await };
+        match checked {
             Ok(()) => {
                 self.denied_since = None;
+                if let Err(err) = binding {
+                    // Serving under a key this project's data is already wrapped under; the
+                    // configuration's key is refused (no re-wrap) until it carries the tag.
+                    self.publish_ok(NodeState::Serving, checked_at, via, mode);
+                    self.gate.publish(|s| s.last_error = Some(err));
+                    return;
+                }
                 if let Err(e) = self.rotate_if_asked(cfg, &kv, &kid, config_changed).await {
                     tracing::warn!(error = %e, "rotation failed; the current key stays in use");
                     let err = reported(&e);
                     self.gate.publish(|s| s.last_error = Some(err));
                     return;
                 }
-                self.publish_ok(NodeState::Serving, checked_at, via, ear.auth_mode.clone());
+                self.publish_ok(NodeState::Serving, checked_at, via, mode);
+                if let Some(err) = candidate_error {
+                    self.gate.publish(|s| s.last_error = Some(err));
+                }
             }
             Err(e) => {
                 let err = reported(&e);

@@ -125,13 +125,17 @@ impl Store {
     /// `featureUsages` on a list without one query per role.
     pub async fn roles_in_use(&self, group: &GroupId) -> Result<BTreeSet<RoleId>> {
         with_backend!(self, |pool| {
-            sqlx::query("SELECT role_id FROM ear_azure_key_vault WHERE group_id = $1 AND role_id IS NOT NULL")
-                .bind(group.as_str())
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| RoleId::parse(&row.text("role_id")?).map_err(corrupt))
-                .collect()
+            // A role a migration under private networking is waiting for is in use too.
+            sqlx::query(
+                "SELECT COALESCE(role_id, pending_role_id) AS role_id FROM ear_azure_key_vault \
+                 WHERE group_id = $1 AND COALESCE(role_id, pending_role_id) IS NOT NULL",
+            )
+            .bind(group.as_str())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| RoleId::parse(&row.text("role_id")?).map_err(corrupt))
+            .collect()
         })
     }
 }

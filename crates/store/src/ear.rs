@@ -49,32 +49,33 @@ macro_rules! ear_columns {
         "group_id, enabled, role_id, client_id, tenant_id, static_secret_ciphertext, subscription_id, \
          resource_group_name, key_vault_name, key_identifier, azure_environment, require_private_networking, \
          valid, validation_state, validation_detail, key_version_in_use, last_validated_at, config_version, \
-         status_version, updated_at, next_validation_at"
+         status_version, updated_at, next_validation_at, pending_role_id"
     };
 }
 
 const SELECT: &str = concat!("SELECT ", ear_columns!(), " FROM ear_azure_key_vault WHERE group_id = $1");
 
-// $1 group, $2..$17 the configuration and its status, $18 now, $19 next validation.
+// $1 group, $2..$17 the configuration and its status, $18 now, $19 next validation, $20 the
+// pending role of a migration under private networking.
 const INSERT: &str = concat!(
     "INSERT INTO ear_azure_key_vault (group_id, enabled, role_id, client_id, tenant_id, static_secret_ciphertext, \
      subscription_id, resource_group_name, key_vault_name, key_identifier, azure_environment, \
      require_private_networking, valid, validation_state, validation_detail, key_version_in_use, last_validated_at, \
-     updated_at, next_validation_at, validation_claimed_at, config_version, status_version) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $18, 1, 1) \
+     updated_at, next_validation_at, validation_claimed_at, config_version, status_version, pending_role_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $18, 1, 1, $20) \
      ON CONFLICT (group_id) DO NOTHING RETURNING ",
     ear_columns!()
 );
 
-// Same parameters as INSERT, plus $20 the expected configuration version.
+// Same parameters as INSERT, plus $21 the expected configuration version.
 const UPDATE: &str = concat!(
     "UPDATE ear_azure_key_vault SET enabled = $2, role_id = $3, client_id = $4, tenant_id = $5, \
      static_secret_ciphertext = $6, subscription_id = $7, resource_group_name = $8, key_vault_name = $9, \
      key_identifier = $10, azure_environment = $11, require_private_networking = $12, valid = $13, \
      validation_state = $14, validation_detail = $15, key_version_in_use = $16, last_validated_at = $17, \
      updated_at = $18, next_validation_at = $19, validation_claimed_at = $18, \
-     config_version = config_version + 1, status_version = status_version + 1 \
-     WHERE group_id = $1 AND config_version = $20 RETURNING ",
+     config_version = config_version + 1, status_version = status_version + 1, \
+     pending_role_id = $20 WHERE group_id = $1 AND config_version = $21 RETURNING ",
     ear_columns!()
 );
 
@@ -134,6 +135,10 @@ fn ear_from<R: Cols>(row: &R) -> Result<StoredEarConfig> {
             key_identifier: row.opt_text("key_identifier")?,
             azure_environment: row.opt_text("azure_environment")?,
             require_private_networking: row.flag("require_private_networking")?,
+            pending_role_id: row
+                .opt_text("pending_role_id")?
+                .map(|r| RoleId::parse(&r).map_err(corrupt))
+                .transpose()?,
         },
         status: ValidationStatus {
             valid: row.flag("valid")?,
@@ -149,7 +154,7 @@ fn ear_from<R: Cols>(row: &R) -> Result<StoredEarConfig> {
     })
 }
 
-/// Binds `$1..$19` of [`INSERT`] / [`UPDATE`] onto query `$q`.
+/// Binds `$1..$20` of [`INSERT`] / [`UPDATE`] onto query `$q`.
 macro_rules! bind_write {
     ($q:expr, $group:expr, $w:expr) => {{
         let w: &EarConfigWrite = $w;
@@ -178,6 +183,7 @@ macro_rules! bind_write {
             .bind(w.status.last_validated_at.map(to_millis))
             .bind(to_millis(w.now))
             .bind(to_millis(w.next_validation_at))
+            .bind(w.azure.pending_role_id.as_ref().map(|r| r.as_str()))
     }};
 }
 

@@ -21,6 +21,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (2, "ear_private_endpoints", include_str!("../migrations/sqlite/0002_ear_private_endpoints.sql")),
     (3, "kek_canary", include_str!("../migrations/sqlite/0003_kek_canary.sql")),
     (4, "clusters_nodes", include_str!("../migrations/sqlite/0004_clusters_nodes.sql")),
+    (5, "private_networking", include_str!("../migrations/sqlite/0005_private_networking.sql")),
 ];
 
 /// (version, description, SQL) for PostgreSQL.
@@ -29,6 +30,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (2, "ear_private_endpoints", include_str!("../migrations/postgres/0002_ear_private_endpoints.sql")),
     (3, "kek_canary", include_str!("../migrations/postgres/0003_kek_canary.sql")),
     (4, "clusters_nodes", include_str!("../migrations/postgres/0004_clusters_nodes.sql")),
+    (5, "private_networking", include_str!("../migrations/postgres/0005_private_networking.sql")),
 ];
 
 fn migrator(list: &[(i64, &'static str, &'static str)]) -> Migrator {

@@ -267,6 +267,10 @@ pub struct AzureKeyVaultConfig {
     /// `AZURE`, `AZURE_CHINA` or `AZURE_US_GOVERNMENT`, as sent.
     pub azure_environment: Option<String>,
     pub require_private_networking: bool,
+    /// Under private networking, a migration from static credentials to this role waits for the
+    /// data nodes: the static credentials stay in force until every node has validated with the
+    /// role. Only set with [`AzureCredentials::Static`].
+    pub pending_role_id: Option<RoleId>,
 }
 
 /// Where validation of a configuration stands.

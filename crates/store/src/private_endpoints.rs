@@ -139,6 +139,9 @@ pub struct EarPrivateEndpoint {
     pub error_message: Option<String>,
     /// The name of the private endpoint connection the customer approves on the vault.
     pub private_endpoint_connection_name: Option<String>,
+    /// Where the data nodes reach the vault through this endpoint (`host:port`), once the
+    /// platform operator recorded it ([`Store::set_ear_private_endpoint_address`]).
+    pub private_address: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -171,7 +174,7 @@ pub enum EarPrivateEndpointDeletion {
 macro_rules! endpoint_columns {
     () => {
         "id, group_id, cloud_provider, region_name, status, error_message, private_endpoint_connection_name, \
-         created_at, updated_at"
+         created_at, updated_at, private_address"
     };
 }
 
@@ -207,6 +210,7 @@ fn endpoint_from<R: Cols>(row: &R) -> Result<EarPrivateEndpoint> {
             .ok_or_else(|| corrupt(format_args!("private endpoint status {status}")))?,
         error_message: row.opt_text("error_message")?,
         private_endpoint_connection_name: row.opt_text("private_endpoint_connection_name")?,
+        private_address: row.opt_text("private_address")?,
         created_at: row.instant("created_at")?,
         updated_at: row.instant("updated_at")?,
     })
@@ -301,6 +305,35 @@ impl Store {
             .iter()
             .map(endpoint_from)
             .collect()
+        })
+    }
+
+    /// Records where the data nodes reach the vault through endpoint `id` of `group`
+    /// (`host:port`), or clears it (`None`). `NotFound` if there is no such endpoint.
+    pub async fn set_ear_private_endpoint_address(
+        &self,
+        group: &GroupId,
+        id: &EarPrivateEndpointId,
+        address: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<EarPrivateEndpoint> {
+        const SET_ADDRESS: &str = concat!(
+            "UPDATE ear_private_endpoints SET private_address = $3, updated_at = $4 WHERE group_id = $1 AND id = $2 \
+             RETURNING ",
+            endpoint_columns!()
+        );
+        with_backend!(self, |pool| {
+            let row = sqlx::query(SET_ADDRESS)
+                .bind(group.as_str())
+                .bind(id.as_str())
+                .bind(address)
+                .bind(to_millis(now))
+                .fetch_optional(pool)
+                .await?;
+            match row {
+                Some(r) => endpoint_from(&r),
+                None => Err(StoreError::NotFound { what: NOT_FOUND }),
+            }
         })
     }
 

@@ -54,11 +54,13 @@ fn azure_json(stored: Option<&StoredEarConfig>) -> Value {
     let a = &s.azure;
     let mut m = Map::new();
     m.insert("enabled".into(), a.enabled.into());
-    match &a.credentials {
-        AzureCredentials::Secretless { role_id } => {
+    match (&a.credentials, &a.pending_role_id) {
+        // A migration pending on the data nodes shows the configuration as the customer set it
+        // (the status endpoint says the static credentials are still in force).
+        (AzureCredentials::Secretless { role_id }, _) | (AzureCredentials::Static { .. }, Some(role_id)) => {
             m.insert("roleId".into(), role_id.as_str().into());
         }
-        AzureCredentials::Static { client_id, tenant_id, .. } => {
+        (AzureCredentials::Static { client_id, tenant_id, .. }, None) => {
             m.insert("clientID".into(), client_id.as_str().into());
             m.insert("tenantID".into(), tenant_id.as_str().into());
         }
@@ -96,6 +98,9 @@ pub fn status_json(stored: Option<&StoredEarConfig>) -> Value {
         "nextValidationDate": atlas_time(s.next_validation_at),
         "lastUpdatedDate": atlas_time(s.updated_at),
         "credentialMode": match s.azure.credentials { AzureCredentials::Secretless { .. } => "SECRETLESS", AzureCredentials::Static { .. } => "STATIC_CREDENTIALS" },
+        // Under private networking: the roleId the data nodes are validating while the static
+        // credentials stay in force.
+        "pendingRoleId": s.azure.pending_role_id.as_ref().map(|r| r.as_str()),
         "configVersion": s.config_version.get(),
     })
 }

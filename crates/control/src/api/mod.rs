@@ -54,6 +54,10 @@ pub fn router(state: AppState) -> Router {
     let atrest = Router::new()
         .route("/groups/{groupId}/encryptionAtRest/azureKeyVault:validate", post(ear::validate_dry_run))
         .route("/groups/{groupId}/encryptionAtRest/azureKeyVault/status", get(ear::status))
+        .route(
+            "/groups/{groupId}/encryptionAtRest/{cloudProvider}/privateEndpoints/{endpointId}",
+            axum::routing::patch(private_endpoints::set_address),
+        )
         .route("/groups/{groupId}/clusters/{clusterName}/joinTokens", post(nodes::create_join_token))
         .route("/groups/{groupId}/clusters/{clusterName}/nodes", get(nodes::list_nodes))
         .route(

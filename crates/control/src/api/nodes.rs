@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 use time::Duration as TimeDuration;
 
 use atrest_store::{
-    AzureCredentials, Cluster, DataCredential, DataCredentialId, JoinOutcome, JoinToken, JoinTokenId, NewNode, Node,
-    NodeId, NodeReport, StoreError,
+    AzureCredentials, Cluster, ClusterEarProvider, DataCredential, DataCredentialId, EarConfigWrite,
+    EarPrivateEndpoint, EarPrivateEndpointStatus, EarPrivateEndpointTransition, GroupId, JoinOutcome, JoinToken,
+    JoinTokenId, NewNode, Node, NodeId, NodeReport, StoreError, StoredEarConfig, ValidationState, ValidationStatus,
 };
 
 use crate::api::body::{Fields, JsonObject};
@@ -447,7 +448,14 @@ async fn node_config(state: &AppState, node: &Node) -> ApiResult<(Value, String)
                 "keyVaultName": s.azure.key_vault_name,
                 "azureEnvironment": s.azure.azure_environment.clone().unwrap_or_else(|| "AZURE".into()),
                 "requirePrivateNetworking": s.azure.require_private_networking,
-                "privateEndpoint": Value::Null,
+                "privateEndpoint": private_endpoint_json(state, &cluster.group_id, s).await?,
+                // A static → roleId migration under private networking: STATIC stays in force
+                // while the nodes validate the role (docs/design/node-api-draft.md).
+                "pendingAuthMode": s.azure.pending_role_id.as_ref().map(|_| "SERVICE_PRINCIPAL"),
+                "keyBinding": state.config.validation.require_key_binding.then(|| json!({
+                    "tag": state.config.validation.key_binding_tag,
+                    "value": cluster.group_id.as_str(),
+                })),
             })
         }
         _ => json!({"enabled": false}),
@@ -552,7 +560,15 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, JsonObject(bod
             "The project's Encryption at Rest is not enabled: there is no key to get a token for.",
         )
     })?;
-    let target = ear::target(&state, &cluster.group_id, &stored.azure, None).await?;
+    let mut config = stored.azure.clone();
+    // While a migration waits for the nodes, they validate with the role and keep serving with
+    // the static credentials: both modes get tokens until the migration completes.
+    if mode.as_deref() == Some("SERVICE_PRINCIPAL")
+        && let Some(role_id) = config.pending_role_id.take()
+    {
+        config.credentials = AzureCredentials::Secretless { role_id };
+    }
+    let target = ear::target(&state, &cluster.group_id, &config, None).await?;
     let current = match target.credential {
         Credential::Secretless { .. } => "SERVICE_PRINCIPAL",
         Credential::Static { .. } => "STATIC",
@@ -667,7 +683,15 @@ async fn status(
         })
         .await;
     match result {
-        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok((_, cluster)) => {
+            // Under private networking the nodes are the only ones that can see the vault:
+            // their reports decide the project's validity, the endpoint's status and the
+            // migration. A failure here is logged; the report itself is recorded.
+            if let Err(e) = private_networking_verdict(&state, &cluster.group_id).await {
+                tracing::warn!(group = %cluster.group_id, error = %e.detail, "could not apply the nodes' reports to the project");
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         Err(StoreError::NotFound { .. }) => Err(revoked("the node was revoked")),
         Err(e) => Err(e.into()),
     }
@@ -711,4 +735,260 @@ fn derive_state(cluster: &Cluster, nodes: &[Node]) -> String {
     } else {
         cluster.state_name.clone()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private networking: the nodes validate, the control plane decides from their reports
+// ---------------------------------------------------------------------------------------------
+
+/// The EAR private endpoint the nodes of `group` reach the vault through: one the platform
+/// recorded an address for, `ACTIVE` first, then `PENDING_ACCEPTANCE` (the customer may have
+/// approved it in Azure; only the nodes can tell), then `FAILED` (the nodes were refused; they
+/// keep trying, so that an approval given later is seen).
+pub async fn chosen_private_endpoint(state: &AppState, group: &GroupId) -> ApiResult<Option<EarPrivateEndpoint>> {
+    use EarPrivateEndpointStatus as S;
+    let all = state.store.list_ear_private_endpoints(group).await?;
+    let rank = |s: S| match s {
+        S::Active => Some(0),
+        S::PendingAcceptance => Some(1),
+        S::Failed => Some(2),
+        _ => None,
+    };
+    Ok(all
+        .into_iter()
+        .filter(|e| e.private_address.is_some())
+        .filter_map(|e| rank(e.status).map(|r| (r, e)))
+        .min_by_key(|(r, e)| (*r, e.created_at))
+        .map(|(_, e)| e))
+}
+
+async fn private_endpoint_json(state: &AppState, group: &GroupId, s: &StoredEarConfig) -> ApiResult<Value> {
+    if !s.azure.require_private_networking {
+        return Ok(Value::Null);
+    }
+    Ok(match chosen_private_endpoint(state, group).await? {
+        Some(e) => json!({
+            "id": e.id.as_str(),
+            "region": e.region_name,
+            "status": e.status.as_str(),
+            "address": e.private_address,
+            "connectionName": e.private_endpoint_connection_name,
+        }),
+        None => Value::Null,
+    })
+}
+
+/// One node's last report, read for the verdict.
+struct Seen<'a> {
+    node: &'a Node,
+    report: &'a NodeReport,
+    error: Option<Value>,
+}
+
+impl Seen<'_> {
+    fn serving(&self) -> bool {
+        matches!(self.report.state.as_str(), "SERVING" | "DEGRADED")
+    }
+    fn via_private_endpoint(&self) -> bool {
+        self.report.via.as_deref() == Some("PRIVATE_ENDPOINT")
+    }
+    fn error_str(&self, field: &str) -> Option<&str> {
+        self.error.as_ref().and_then(|e| e.get(field)).and_then(Value::as_str)
+    }
+    fn denied(&self) -> bool {
+        self.error_str("kind") == Some("DENIED")
+    }
+    fn error_line(&self) -> String {
+        let code = self.error_str("azureCode").map(|c| format!(" ({c})")).unwrap_or_default();
+        let fix = self.error_str("fix").map(|f| format!(" Fix: {f}")).unwrap_or_default();
+        format!("node {}{code}: {}.{fix}", self.node.id, self.error_str("message").unwrap_or("no detail"))
+    }
+}
+
+/// What the nodes' reports, under private networking, make of the project: its validity and
+/// events, the private endpoint's status, the key binding, and a pending static → roleId
+/// migration. Only reports made under the node's current configuration (same ETag) count, so a
+/// check that started before a PATCH never decides about the PATCH.
+///
+/// - Any node denied (by Key Vault, or the key not carrying the binding tag) → `INVALID`, with
+///   the node's Azure code and fix; a key-binding refusal carries
+///   `ENCRYPTION_AT_REST_KEY_NOT_BOUND_TO_PROJECT`, the code the PATCH path uses.
+/// - Every active node serving through the private endpoint → `VALID`, and the endpoint
+///   becomes `ACTIVE`; when the nodes reached it and were refused by the vault's network rules
+///   (`ForbiddenByConnection`) it becomes `FAILED` with the reason.
+/// - A pending migration completes (the static secret is deleted, `roleId` in force) only when
+///   every active node has reported serving with `authMode: SERVICE_PRINCIPAL`.
+async fn private_networking_verdict(state: &AppState, group: &GroupId) -> ApiResult<()> {
+    let Some(stored) = state.store.get_ear_config(group).await? else { return Ok(()) };
+    if !stored.azure.enabled || !stored.azure.require_private_networking {
+        return Ok(());
+    }
+    let mut nodes = Vec::new();
+    for c in state.store.list_clusters(group).await? {
+        if c.encryption_at_rest_provider != ClusterEarProvider::Azure || c.deleting {
+            continue;
+        }
+        nodes.extend(state.store.list_nodes(&c.id).await?.into_iter().filter(|n| n.revoked_at.is_none()));
+    }
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let mut current = Vec::new();
+    for n in &nodes {
+        let Some(report) = n.report.as_ref() else { continue };
+        let (_, etag) = node_config(state, n).await?;
+        if report.config_etag.as_deref() == Some(etag.as_str()) {
+            let error = report.last_error.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok());
+            current.push(Seen { node: n, report, error });
+        }
+    }
+    let endpoint = chosen_private_endpoint(state, group).await?;
+    if let Some(ep) = &endpoint {
+        update_endpoint_status(state, ep, &current).await?;
+    }
+
+    let now = state.now();
+    let binding_refused = current.iter().find(|s| s.error_str("azureCode") == Some(codes::KEY_NOT_BOUND_TO_PROJECT));
+    let denied = current.iter().find(|s| !s.serving() && s.denied());
+    let all_serving = current.len() == nodes.len() && current.iter().all(|s| s.serving() && s.via_private_endpoint());
+    let status = if let Some(s) = binding_refused.or(denied) {
+        let code =
+            if binding_refused.is_some() { codes::KEY_NOT_BOUND_TO_PROJECT } else { codes::INVALID_AZURE_CREDENTIALS };
+        Some(ValidationStatus {
+            valid: false,
+            state: ValidationState::Invalid,
+            detail: Some(format!(
+                "{code}: the data nodes validate over the private endpoint and were refused: {}",
+                s.error_line()
+            )),
+            key_version_in_use: stored.status.key_version_in_use.clone(),
+            last_validated_at: Some(now),
+        })
+    } else if all_serving {
+        let version = current.iter().find_map(|s| s.report.key_version.clone());
+        let detail = match &stored.azure.pending_role_id {
+            Some(_) => {
+                let done =
+                    current.iter().filter(|s| s.report.auth_mode.as_deref() == Some("SERVICE_PRINCIPAL")).count();
+                let waiting: Vec<String> = current
+                    .iter()
+                    .filter(|s| s.report.auth_mode.as_deref() != Some("SERVICE_PRINCIPAL"))
+                    .map(|s| match s.error.as_ref() {
+                        Some(_) => s.error_line(),
+                        None => format!("node {} has not validated the role yet", s.node.id),
+                    })
+                    .collect();
+                Some(format!(
+                    "Valid with the static credentials, validated by {} data node(s) over the private endpoint. Migration \
+                     to roleId pending: {done} of {} node(s) validated the role{}",
+                    current.len(),
+                    nodes.len(),
+                    if waiting.is_empty() { ".".to_string() } else { format!("; {}", waiting.join("; ")) }
+                ))
+            }
+            None => Some(format!("Validated by {} data node(s) over the private endpoint.", current.len())),
+        };
+        Some(ValidationStatus {
+            valid: true,
+            state: ValidationState::Valid,
+            detail,
+            key_version_in_use: version.or_else(|| stored.status.key_version_in_use.clone()),
+            last_validated_at: Some(now),
+        })
+    } else {
+        None
+    };
+
+    // The migration: every node serves with the role → the role is in force, the static
+    // secret is deleted in the same write.
+    if let Some(role_id) = &stored.azure.pending_role_id
+        && all_serving
+        && binding_refused.is_none()
+        && current.iter().all(|s| s.report.auth_mode.as_deref() == Some("SERVICE_PRINCIPAL"))
+    {
+        let mut azure = stored.azure.clone();
+        azure.credentials = AzureCredentials::Secretless { role_id: role_id.clone() };
+        azure.pending_role_id = None;
+        let status = status.clone().expect("all serving gives a status");
+        let mut events = vec![ear::event(
+            group,
+            event_types::CONFIGURATION_UPDATED,
+            json!({
+                "azureKeyVault": {
+                    "keyIdentifier": azure.key_identifier,
+                    "keyVersionInUse": status.key_version_in_use,
+                    "credentialMode": "SECRETLESS",
+                    "migratedFromStaticCredentials": true,
+                    "requirePrivateNetworking": true,
+                },
+                "by": "data nodes",
+                "detail": format!("every data node ({}) validated the roleId over the private endpoint; the static credentials were deleted", nodes.len()),
+            }),
+            now,
+        )];
+        events.extend(ear::transition_events(group, &stored.status, &status, now));
+        let write = EarConfigWrite { azure, status, now, next_validation_at: stored.next_validation_at };
+        match state.store.put_ear_config(group, Some(stored.config_version), &write, &events).await {
+            Ok(_) => {
+                tracing::info!(group = %group, nodes = nodes.len(), "every data node validated the roleId: migration complete, static credentials deleted");
+                state.nodes_config_changed();
+            }
+            Err(StoreError::StaleWrite) => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(());
+    }
+
+    let Some(status) = status else { return Ok(()) };
+    if status.state == stored.status.state
+        && status.valid == stored.status.valid
+        && status.detail == stored.status.detail
+    {
+        return Ok(());
+    }
+    let events = ear::transition_events(group, &stored.status, &status, now);
+    match state.store.record_validation(group, stored.config_version, stored.status_version, &status, &events).await {
+        Ok(_) | Err(StoreError::StaleWrite) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `ACTIVE` once a node serves through the endpoint; `FAILED` with the reason when the nodes
+/// reach it and the vault refuses the connection (the customer rejected or deleted it).
+async fn update_endpoint_status(state: &AppState, ep: &EarPrivateEndpoint, current: &[Seen<'_>]) -> ApiResult<()> {
+    use EarPrivateEndpointStatus as S;
+    let used = current.iter().any(|s| s.serving() && s.via_private_endpoint() && s.error.is_none());
+    let refused = current.iter().find(|s| {
+        !s.serving() && s.via_private_endpoint() && s.error_str("azureCode") == Some("ForbiddenByConnection")
+    });
+    let change = match (ep.status, used, refused) {
+        (S::PendingAcceptance | S::Failed, true, _) => Some(EarPrivateEndpointTransition {
+            from: ep.status,
+            to: S::Active,
+            error_message: None,
+            private_endpoint_connection_name: None,
+        }),
+        (S::Active | S::PendingAcceptance, false, Some(s)) => Some(EarPrivateEndpointTransition {
+            from: ep.status,
+            to: S::Failed,
+            error_message: Some(format!(
+                "The data nodes reach the vault over this endpoint but the vault refuses the connection: {} Approve the \
+                 private endpoint connection {} on the vault (az keyvault private-endpoint-connection approve --vault-name \
+                 <vault> --name {}).",
+                s.error_line(),
+                ep.private_endpoint_connection_name.as_deref().unwrap_or("(unnamed)"),
+                ep.private_endpoint_connection_name.as_deref().unwrap_or("<connection>")
+            )),
+            private_endpoint_connection_name: None,
+        }),
+        _ => None,
+    };
+    if let Some(change) = change
+        && let Some(moved) =
+            state.store.transition_ear_private_endpoint(&ep.group_id, &ep.id, &change, state.now()).await?
+    {
+        tracing::info!(group = %moved.group_id, endpoint = %moved.id, status = moved.status.as_str(), "encryption at rest private endpoint status from the data nodes' reports");
+        state.nodes_config_changed();
+    }
+    Ok(())
 }

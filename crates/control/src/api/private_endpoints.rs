@@ -334,6 +334,7 @@ pub async fn create(
         status: EarPrivateEndpointStatus::Initiating,
         error_message: None,
         private_endpoint_connection_name: None,
+        private_address: None,
         created_at: now,
         updated_at: now,
     };
@@ -406,6 +407,59 @@ pub async fn delete(
         Err(e) => return Err(e.into()),
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// atrest's own `PATCH /api/atrest/v1/groups/{groupId}/encryptionAtRest/AZURE/privateEndpoints/{endpointId}`
+/// `{"privateAddress": "IP:PORT" | null}` (Project Owner): records where the data nodes reach the
+/// vault through this endpoint. In Atlas the platform creates the Azure private endpoint itself
+/// and knows its private IP; atrest creates no Azure resource, so the platform operator who
+/// created it records the address (in Azure, the endpoint's private IP and 443; with the
+/// emulator, the address `POST /_emulator/private-endpoints` returned). The nodes get it in
+/// their configuration (`privateEndpoint`).
+pub async fn set_address(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((group_id, provider, endpoint_id)): Path<(String, String, String)>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let group = caller.group(&state, &group_id, Access::Write).await?;
+    let id = endpoint_in_path(&provider, &endpoint_id)?;
+    let mut f = Fields::new("", body);
+    let raw = f.take_raw("privateAddress");
+    for ro in READ_ONLY.iter().chain(["cloudProvider", "regionName"].iter()) {
+        f.ignore(ro);
+    }
+    f.finish()?;
+    let address = match raw {
+        None => {
+            return Err(ApiError::missing_attribute(
+                "privateAddress",
+                "the IP address and port the data nodes reach the vault at through this endpoint, e.g. 10.0.1.4:443, or null to clear it",
+            ));
+        }
+        Some(Value::Null) => None,
+        Some(Value::String(a)) if a.parse::<std::net::SocketAddr>().is_ok() => Some(a),
+        Some(other) => {
+            return Err(ApiError::invalid_attribute(
+                "privateAddress",
+                format!(
+                    "{} is not IP:PORT: send the endpoint's private IP address and port, e.g. 10.0.1.4:443 (or null to clear it)",
+                    crate::error::echo(&other.to_string())
+                ),
+            ));
+        }
+    };
+    match state.store.set_ear_private_endpoint_address(&group.id, &id, address.as_deref(), state.now()).await {
+        Ok(ep) => {
+            tracing::info!(group = %group.id, endpoint = %ep.id, address = ?ep.private_address, by = %caller.label, "encryption at rest private endpoint address recorded");
+            state.nodes_config_changed();
+            let mut v = endpoint_json(&ep);
+            v["privateAddress"] = json!(ep.private_address);
+            Ok(ok_json(v))
+        }
+        Err(StoreError::NotFound { .. }) => Err(not_found(&endpoint_id, PathProvider::Azure)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Moves private endpoints forward, for the background job of every replica: `INITIATING` →
@@ -531,6 +585,7 @@ mod tests {
             status: EarPrivateEndpointStatus::Initiating,
             error_message: None,
             private_endpoint_connection_name: None,
+            private_address: None,
             created_at: time::OffsetDateTime::UNIX_EPOCH,
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
         };

@@ -418,6 +418,12 @@ fn dispatch(call: &Call, route: ArmRoute, path: &str) -> ArmResult<Response> {
         (R::AccessPolicies { sub, rg, vault, operation }, "PUT") => {
             vaults::update_access_policies(call, sub, &rg, &vault, &operation)
         }
+        (R::PrivateEndpointConnections { sub, rg, vault, name: None }, "GET") => {
+            vaults::list_connections(call, sub, &rg, &vault)
+        }
+        (R::PrivateEndpointConnections { sub, rg, vault, name: Some(name) }, "GET" | "PUT" | "DELETE") => {
+            vaults::connection(call, sub, &rg, &vault, &name)
+        }
         (R::RoleDefinitions(scope), "GET") => rbac::list_role_definitions(call, &scope),
         (R::RoleDefinition(scope, id), "GET") => rbac::get_role_definition(call, &scope, &id),
         (R::RoleAssignments(scope), "GET") => rbac::list_role_assignments(call, &scope),

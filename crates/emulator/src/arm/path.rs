@@ -100,6 +100,13 @@ pub enum ArmRoute {
         vault: String,
         operation: String,
     },
+    /// `.../vaults/{v}/privateEndpointConnections[/{name}]`
+    PrivateEndpointConnections {
+        sub: Uuid,
+        rg: String,
+        vault: String,
+        name: Option<String>,
+    },
     RoleDefinitions(Scope),
     RoleDefinition(Scope, String),
     RoleAssignments(Scope),
@@ -116,7 +123,8 @@ impl ArmRoute {
             | ArmRoute::Resources { sub, .. }
             | ArmRoute::Vaults { sub, .. }
             | ArmRoute::Vault { sub, .. }
-            | ArmRoute::AccessPolicies { sub, .. } => Some(*sub),
+            | ArmRoute::AccessPolicies { sub, .. }
+            | ArmRoute::PrivateEndpointConnections { sub, .. } => Some(*sub),
             ArmRoute::RoleDefinitions(s)
             | ArmRoute::RoleDefinition(s, _)
             | ArmRoute::RoleAssignments(s)
@@ -142,7 +150,7 @@ fn unknown_keyvault_type(ty: &str) -> ArmError {
         StatusCode::NOT_FOUND,
         "InvalidResourceType",
         format!(
-            "The resource type '{ty}' could not be found in the namespace 'Microsoft.KeyVault'. The atrest emulator serves 'vaults' and 'vaults/accessPolicies'."
+            "The resource type '{ty}' could not be found in the namespace 'Microsoft.KeyVault'. The atrest emulator serves 'vaults', 'vaults/accessPolicies' and 'vaults/privateEndpointConnections'."
         ),
     )
 }
@@ -238,6 +246,12 @@ fn provider(path: &str, scope: Scope, segs: &[&str]) -> Result<ArmRoute, ArmErro
                 [] => Ok(ArmRoute::Vault { sub, rg, vault }),
                 [child, operation] if is(child, "accessPolicies") => {
                     Ok(ArmRoute::AccessPolicies { sub, rg, vault, operation: operation.to_string() })
+                }
+                [child] if is(child, "privateEndpointConnections") => {
+                    Ok(ArmRoute::PrivateEndpointConnections { sub, rg, vault, name: None })
+                }
+                [child, name] if is(child, "privateEndpointConnections") => {
+                    Ok(ArmRoute::PrivateEndpointConnections { sub, rg, vault, name: Some(name.to_string()) })
                 }
                 [p, more @ ..] if is(p, "providers") => provider(path, Scope::Vault { sub, rg, vault }, more),
                 [keys, key, p, more @ ..] if is(keys, "keys") && is(p, "providers") => {

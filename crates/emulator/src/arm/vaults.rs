@@ -17,7 +17,10 @@ use super::path::vault_id;
 use super::resources::{normalize_location, rg_not_found};
 use super::{ArmError, ArmResult, Call, empty, json};
 use crate::authz;
-use crate::state::{AccessPolicy, Map, Permissions, ResourceGroup, State, Vault, VaultProperties};
+use crate::state::{
+    AccessPolicy, Map, PeConnection, PeConnectionStatus, Permissions, PrivateEndpoint, ResourceGroup, State, Vault,
+    VaultProperties,
+};
 
 const VAULT_READ: &str = "Microsoft.KeyVault/vaults/read";
 const VAULT_WRITE: &str = "Microsoft.KeyVault/vaults/write";
@@ -637,6 +640,178 @@ pub(super) fn update_access_policies(
             "properties": {"accessPolicies": updates.iter().map(policy_json).collect::<Vec<_>>()},
         }),
     ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private endpoint connections (`Microsoft.KeyVault/vaults/privateEndpointConnections`)
+// ---------------------------------------------------------------------------------------------
+
+const CONNECTIONS_READ: &str = "Microsoft.KeyVault/vaults/privateEndpointConnections/read";
+const CONNECTIONS_WRITE: &str = "Microsoft.KeyVault/vaults/privateEndpointConnections/write";
+const CONNECTIONS_DELETE: &str = "Microsoft.KeyVault/vaults/privateEndpointConnections/delete";
+
+/// The connection's ARM body. The emulator has no `Microsoft.Network`, so
+/// `properties.privateEndpoint.id` names the endpoint under a fixed placeholder subscription
+/// (documented in docs/emulator.md).
+fn connection_json(vault: &Vault, pe: &PrivateEndpoint, c: &PeConnection) -> Value {
+    json!({
+        "id": format!("{}/privateEndpointConnections/{}", vault.resource_id(), c.name),
+        "name": c.name,
+        "type": "Microsoft.KeyVault/vaults/privateEndpointConnections",
+        "location": vault.location,
+        "properties": {
+            "privateEndpoint": {"id": format!(
+                "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/atrest-emulator/providers/Microsoft.Network/privateEndpoints/{}",
+                pe.id
+            )},
+            "privateLinkServiceConnectionState": {
+                "status": c.status.as_str(),
+                "description": c.description,
+                "actionsRequired": "None",
+            },
+            "provisioningState": "Succeeded",
+        },
+    })
+}
+
+/// The vault's connections that it still lists (a deleted one is `Disconnected` on the
+/// endpoint's side only).
+fn vault_connections<'s>(s: &'s State, vault: &Vault) -> Vec<(&'s PrivateEndpoint, &'s PeConnection)> {
+    s.settings
+        .private_endpoints
+        .iter()
+        .filter(|p| p.vault.eq_ignore_ascii_case(&vault.name))
+        .filter_map(|p| p.connection.as_ref().map(|c| (p, c)))
+        .filter(|(_, c)| c.status != PeConnectionStatus::Disconnected)
+        .collect()
+}
+
+fn connection_not_found(vault: &str, name: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "PrivateEndpointConnectionNotFound",
+        format!(
+            "Private endpoint connection '{name}' was not found on vault '{vault}'. List them with GET \
+             .../vaults/{vault}/privateEndpointConnections."
+        ),
+    )
+}
+
+/// `GET .../vaults/{v}/privateEndpointConnections`.
+pub(super) fn list_connections(call: &Call, sub: Uuid, rg: &str, name: &str) -> ArmResult<Response> {
+    let s = call.ctx.snapshot();
+    call.subscription(&s, sub)?;
+    call.authorize(&s, &vault_id(sub, rg, name), CONNECTIONS_READ)?;
+    let vault = find_vault(&s, call, sub, rg, name)?;
+    let value: Vec<Value> =
+        vault_connections(&s, vault).into_iter().map(|(p, c)| connection_json(vault, p, c)).collect();
+    Ok(json(StatusCode::OK, json!({"value": value})))
+}
+
+#[derive(Deserialize)]
+struct ConnectionBody {
+    properties: Option<ConnectionProperties>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionProperties {
+    private_link_service_connection_state: Option<ConnectionState>,
+}
+
+#[derive(Deserialize)]
+struct ConnectionState {
+    status: Option<String>,
+    description: Option<String>,
+}
+
+/// `GET/PUT/DELETE .../vaults/{v}/privateEndpointConnections/{name}`: the vault's owner
+/// approves (`status: Approved`), rejects (`Rejected`) or deletes a connection. Only an approved
+/// connection's endpoint reaches the vault (the Key Vault surface checks it on every request).
+pub(super) fn connection(call: &Call, sub: Uuid, rg: &str, vault_name: &str, name: &str) -> ArmResult<Response> {
+    let scope = vault_id(sub, rg, vault_name);
+    match call.method.as_str() {
+        "GET" => {
+            let s = call.ctx.snapshot();
+            call.subscription(&s, sub)?;
+            call.authorize(&s, &scope, CONNECTIONS_READ)?;
+            let vault = find_vault(&s, call, sub, rg, vault_name)?;
+            let (p, c) = vault_connections(&s, vault)
+                .into_iter()
+                .find(|(_, c)| c.name.eq_ignore_ascii_case(name))
+                .ok_or_else(|| connection_not_found(vault_name, name))?;
+            Ok(json(StatusCode::OK, connection_json(vault, p, c)))
+        }
+        "PUT" => {
+            let body: ConnectionBody = call.parse_body()?;
+            let wanted = body.properties.and_then(|p| p.private_link_service_connection_state).ok_or_else(|| {
+                bad_request("The property 'properties.privateLinkServiceConnectionState' is required.")
+            })?;
+            let status = match wanted.status.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                Some("approved") => PeConnectionStatus::Approved,
+                Some("rejected") => PeConnectionStatus::Rejected,
+                other => {
+                    return Err(bad_request(format!(
+                        "privateLinkServiceConnectionState.status {} is not valid: send Approved or Rejected.",
+                        other.unwrap_or("(missing)")
+                    )));
+                }
+            };
+            let view = call.ctx.mutate(|s| -> ArmResult<Value> {
+                call.subscription(s, sub)?;
+                call.authorize(s, &scope, CONNECTIONS_WRITE)?;
+                let vault = find_vault(s, call, sub, rg, vault_name)?.clone();
+                let pe = s
+                    .settings
+                    .private_endpoints
+                    .iter_mut()
+                    .filter(|p| p.vault.eq_ignore_ascii_case(&vault.name))
+                    .find(|p| {
+                        p.connection.as_ref().is_some_and(|c| {
+                            c.name.eq_ignore_ascii_case(name) && c.status != PeConnectionStatus::Disconnected
+                        })
+                    })
+                    .ok_or_else(|| connection_not_found(vault_name, name))?;
+                {
+                    let c = pe.connection.as_mut().expect("filtered on a connection");
+                    c.status = status;
+                    if let Some(d) = wanted.description {
+                        c.description = d;
+                    }
+                }
+                let pe = pe.clone();
+                let c = pe.connection.clone().expect("filtered on a connection");
+                Ok(connection_json(&vault, &pe, &c))
+            })?;
+            Ok(json(StatusCode::OK, view))
+        }
+        "DELETE" => {
+            let found = call.ctx.mutate(|s| -> ArmResult<bool> {
+                call.subscription(s, sub)?;
+                call.authorize(s, &scope, CONNECTIONS_DELETE)?;
+                let vault = find_vault(s, call, sub, rg, vault_name)?.clone();
+                let pe =
+                    s.settings.private_endpoints.iter_mut().filter(|p| p.vault.eq_ignore_ascii_case(&vault.name)).find(
+                        |p| {
+                            p.connection.as_ref().is_some_and(|c| {
+                                c.name.eq_ignore_ascii_case(name) && c.status != PeConnectionStatus::Disconnected
+                            })
+                        },
+                    );
+                match pe {
+                    Some(pe) => {
+                        pe.connection.as_mut().expect("filtered on a connection").status =
+                            PeConnectionStatus::Disconnected;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            })?;
+            // ARM answers 204 for a resource that is already gone.
+            Ok(empty(if found { StatusCode::OK } else { StatusCode::NO_CONTENT }))
+        }
+        _ => unreachable!("dispatch sends GET, PUT and DELETE only"),
+    }
 }
 
 #[cfg(test)]

@@ -415,21 +415,31 @@ fn authenticate(ctx: &Ctx, headers: &http::HeaderMap, vault: &Vault) -> KvResult
 }
 
 /// Step 5: may this connection reach the vault at all?
-fn check_network(vault: &Vault, listener: &ListenerKind, claims: &AccessClaims) -> KvResult<()> {
-    let allowed = match listener {
-        ListenerKind::PrivateEndpoint { vault: pe_vault, .. } => pe_vault.eq_ignore_ascii_case(&vault.name),
-        ListenerKind::Public => !vault.properties.public_network_access.eq_ignore_ascii_case("Disabled"),
-    };
-    if allowed {
-        return Ok(());
-    }
+fn check_network(state: &State, vault: &Vault, listener: &ListenerKind, claims: &AccessClaims) -> KvResult<()> {
     let reason = match listener {
-        ListenerKind::PrivateEndpoint { .. } => {
-            "The request came through a private endpoint that is not connected to this vault."
+        ListenerKind::PrivateEndpoint { id, vault: pe_vault } => {
+            let endpoint = state.settings.private_endpoints.iter().find(|p| p.id == *id);
+            match endpoint {
+                _ if !pe_vault.eq_ignore_ascii_case(&vault.name) => {
+                    "The request came through a private endpoint that is not connected to this vault.".to_string()
+                }
+                Some(pe) if pe.approved() => return Ok(()),
+                Some(pe) => {
+                    let c = pe.connection.as_ref().expect("not approved implies a connection");
+                    format!(
+                        "The request came through private endpoint connection '{}', which is {} on this vault: only an \
+                         approved private link reaches it.",
+                        c.name,
+                        c.status.as_str()
+                    )
+                }
+                None => "The request came through a private endpoint that no longer exists.".to_string(),
+            }
         }
-        ListenerKind::Public => {
-            "Public network access is disabled and request is not from a trusted service nor via an approved private link."
+        ListenerKind::Public if !vault.properties.public_network_access.eq_ignore_ascii_case("Disabled") => {
+            return Ok(());
         }
+        ListenerKind::Public => "Public network access is disabled and request is not from a trusted service nor via an approved private link.".to_string(),
     };
     Err(forbidden(
         format!("{reason}\r\nCaller: {}\r\nVault: {};location={}", claims.caller_string(), vault.name, vault.location),
@@ -530,7 +540,7 @@ async fn serve(
     *region = Some(vault.location.clone());
 
     let claims = authenticate(ctx, &parts.headers, vault)?;
-    check_network(vault, &info.listener, &claims)?;
+    check_network(&state, vault, &info.listener, &claims)?;
     let now = ctx.now();
     authorize(&state, vault, &claims, &op, now)?;
 

@@ -21,6 +21,7 @@ fn endpoint(group: &GroupId, region: &str, created_seconds_after_t0: i64) -> Ear
         status: Initiating,
         error_message: None,
         private_endpoint_connection_name: None,
+        private_address: None,
         created_at: at(created_seconds_after_t0),
         updated_at: at(created_seconds_after_t0),
     }

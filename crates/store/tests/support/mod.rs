@@ -126,6 +126,7 @@ fn vault_config(credentials: AzureCredentials) -> AzureKeyVaultConfig {
         key_identifier: Some("https://atrest-kv.vault.azure.net/keys/cmk".into()),
         azure_environment: Some("AZURE".into()),
         require_private_networking: false,
+        pending_role_id: None,
     }
 }
 

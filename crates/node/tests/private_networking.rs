@@ -1,0 +1,276 @@
+//! Private networking through the data nodes (issue 8 §6), against the real emulator and a
+//! real control plane on 127.0.0.1:0.
+
+#[path = "../../control/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use atrest_node::runtime::{NodeOptions, NodeState, node_retry};
+use atrest_node::server::EmbeddedNode;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use support::{Env, Options};
+
+const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
+
+#[allow(dead_code)]
+struct Cluster {
+    group: String,
+    role: String,
+    name: String,
+    tenant: support::Tenant,
+    crypto_assignment: String,
+    data_credential: String,
+}
+
+async fn atrest_post(env: &Env, path: &str, body: Value) -> (StatusCode, Value) {
+    env.atlas(Method::POST, path, Some(body)).await
+}
+
+/// The seeds' flow (register, grant, PATCH), then a cluster on the project's key.
+async fn cluster(env: &Env) -> Cluster {
+    let group = env.project("nodes").await;
+    let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
+    let role = env.register(&group, &tenant).await;
+    let (_, crypto_assignment) = tenant.grant_rbac().await;
+    let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = env
+        .http
+        .post(format!("{}/api/atlas/v2/groups/{group}/clusters", env.url()))
+        .bearer_auth(&env.token)
+        .header("Accept", CLUSTERS_ACCEPT)
+        .header("Content-Type", CLUSTERS_ACCEPT)
+        .json(&json!({
+            "name": "Cluster0",
+            "clusterType": "REPLICASET",
+            "encryptionAtRestProvider": "AZURE",
+            "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
+                "electableSpecs": {"instanceSize": "M10", "nodeCount": 1}}]}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (s, v) =
+        atrest_post(env, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"), json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let data_credential = v["credential"].as_str().unwrap().to_string();
+    Cluster { group, role, name: "Cluster0".into(), tenant, crypto_assignment, data_credential }
+}
+
+async fn join_token(env: &Env, c: &Cluster) -> String {
+    let (s, v) =
+        atrest_post(env, &format!("/api/atrest/v1/groups/{}/clusters/{}/joinTokens", c.group, c.name), json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn options(env: &Env, dir: &std::path::Path, token: Option<String>) -> NodeOptions {
+    NodeOptions {
+        data_dir: dir.to_path_buf(),
+        control_plane: env.url().to_string(),
+        control_plane_ca_pem: None,
+        join_token: token.map(SecretString::from),
+        data_url: String::new(),
+        azure: atrest_azure::TransportConfig::with_override(env.emu.addr(), env.emu.ca_pem()),
+        retry: node_retry(),
+    }
+}
+
+async fn wait_state(node: &EmbeddedNode, want: NodeState, limit: Duration) -> atrest_node::Status {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let s = node.handle().gate().status();
+        if s.state == want {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not {want:?} within {limit:?}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn options_with_fast_checks() -> Options {
+    Options { node_check_interval_secs: 1, ..Options::default() }
+}
+
+async fn wait_json<F: Fn(&Value) -> bool>(env: &Env, path: &str, what: &str, ok: F) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = env.atlas(Method::GET, path, None).await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} never happened: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The seeds' private-networking flow: the EAR private endpoint created with the Atlas API,
+/// its connection approved by the customer in Azure (emulator ARM), public access to the vault
+/// disabled, `requirePrivateNetworking: true` accepted as pending, then the node validates over
+/// the private endpoint and the project becomes valid, the endpoint ACTIVE, the cluster IDLE.
+/// The customer rejecting the connection shuts the node down with the reason and the fix;
+/// approving it again brings it back with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_networking_validates_through_the_nodes_private_endpoint() {
+    let env = Env::start_with(options_with_fast_checks()).await;
+    let c = cluster(&env).await;
+    let g = c.group.clone();
+
+    // requirePrivateNetworking: accepted as pending.
+    let (s, v) = env.patch_ear(&g, json!({"requirePrivateNetworking": true})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["azureKeyVault"]["valid"], false, "{v}");
+    assert_eq!(env.status(&g).await["state"], "PENDING");
+
+    // The EAR private endpoint, through the Atlas API; it waits for the customer's approval.
+    let (s, ep) = env
+        .atlas(
+            Method::POST,
+            &format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints"),
+            Some(json!({"regionName": "US_EAST_2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{ep}");
+    let id = ep["id"].as_str().unwrap().to_string();
+    let ep_path = format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}");
+    let ep = wait_json(&env, &ep_path, "PENDING_ACCEPTANCE", |v| v["status"] == "PENDING_ACCEPTANCE").await;
+    let connection = ep["privateEndpointConnectionName"].as_str().unwrap().to_string();
+
+    // The platform's side: the endpoint in Azure (the emulator's listener, manual approval),
+    // and its address recorded for the nodes.
+    let pe = env
+        .emulator_admin(
+            Method::POST,
+            "private-endpoints",
+            Some(json!({"vault": c.tenant.vault, "connectionName": connection})),
+        )
+        .await;
+    assert_eq!(pe["connectionStatus"], "Pending", "{pe}");
+    let address = pe["address"].as_str().unwrap().to_string();
+    let (s, v) = env
+        .atlas(
+            Method::PATCH,
+            &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}"),
+            Some(json!({"privateAddress": "nowhere"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["errorCode"], "INVALID_ATTRIBUTE", "{v}");
+    let (s, v) = env
+        .atlas(
+            Method::PATCH,
+            &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}"),
+            Some(json!({"privateAddress": address})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // The customer closes the vault's public access.
+    c.tenant.customer.update_vault(&c.tenant.vault_id, json!({"publicNetworkAccess": "Disabled"})).await.unwrap();
+
+    // A node: the connection is not approved yet, so the vault refuses it (Azure's rule).
+    let dir = tempfile::tempdir().unwrap();
+    let token = join_token(&env, &c).await;
+    let node = EmbeddedNode::start(options(&env, &dir.path().join("n1"), Some(token)), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let s = node.handle().gate().status();
+        if s.last_error.as_ref().is_some_and(|e| e.azure_code.as_deref() == Some("ForbiddenByConnection")) {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refused by the vault: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!refused.state.serves(), "{refused:?}");
+    assert_eq!(refused.via, "PRIVATE_ENDPOINT");
+    let v = wait_json(&env, &ep_path, "FAILED", |v| v["status"] == "FAILED").await;
+    assert!(v["errorMessage"].as_str().unwrap().contains(&connection), "{v}");
+
+    // The customer approves the connection in Azure: the node unlocks through it.
+    let approved =
+        c.tenant.customer.set_private_endpoint_connection(&c.tenant.vault_id, &connection, "Approved").await.unwrap();
+    assert_eq!(approved["properties"]["privateLinkServiceConnectionState"]["status"], "Approved");
+    let serving = wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    assert_eq!(serving.via, "PRIVATE_ENDPOINT");
+    wait_json(&env, &ep_path, "ACTIVE", |v| v["status"] == "ACTIVE").await;
+    let st =
+        wait_json(&env, &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/azureKeyVault/status"), "valid", |v| {
+            v["valid"] == true
+        })
+        .await;
+    assert_eq!(st["state"], "VALID", "{st}");
+    assert_eq!(env.get_ear(&g).await["azureKeyVault"]["valid"], true);
+    let idle = env
+        .wait_for(Duration::from_secs(20), || async {
+            let r = env
+                .http
+                .get(format!("{}/api/atlas/v2/groups/{g}/clusters/Cluster0", env.url()))
+                .bearer_auth(&env.token)
+                .header("Accept", CLUSTERS_ACCEPT)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()["stateName"] == "IDLE"
+        })
+        .await;
+    assert!(idle, "the cluster never became IDLE");
+    assert!(env.event_types(&g).await.iter().any(|t| t == "ENCRYPTION_AT_REST_CONFIG_IS_VALID"));
+
+    let http = reqwest::Client::new();
+    let doc = format!("{}/v1/collections/c/documents/a", node.url());
+    let r = http.put(&doc).bearer_auth(&c.data_credential).json(&json!({"x": 1})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The same call over the public listener is refused with Azure's error.
+    let vault_token = env.az.token(&c.tenant.customer.admin, "https://vault.azure.net/.default").await.unwrap();
+    let public = env
+        .az
+        .http
+        .get(format!("https://{}.vault.azure.net/keys?api-version=7.5", c.tenant.vault))
+        .bearer_auth(&vault_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), StatusCode::FORBIDDEN);
+    let v: Value = public.json().await.unwrap();
+    assert_eq!(v["error"]["innererror"]["code"], "ForbiddenByConnection", "{v}");
+
+    // The customer rejects the connection: the node shuts down, says why and how to fix it.
+    c.tenant.customer.set_private_endpoint_connection(&c.tenant.vault_id, &connection, "Rejected").await.unwrap();
+    let down = wait_state(&node, NodeState::ShutDown, Duration::from_secs(15)).await;
+    let err = down.last_error.unwrap();
+    assert_eq!(err.kind, "DENIED");
+    assert_eq!(err.azure_code.as_deref(), Some("ForbiddenByConnection"));
+    let r = http.get(&doc).bearer_auth(&c.data_credential).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errorCode"], "NODE_SHUT_DOWN", "{v}");
+    assert!(v["fix"].as_str().is_some(), "{v}");
+    wait_json(&env, &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/azureKeyVault/status"), "invalid", |v| {
+        v["valid"] == false
+    })
+    .await;
+    wait_json(&env, &ep_path, "FAILED", |v| v["status"] == "FAILED").await;
+
+    // Approved again: back, with the data.
+    c.tenant.customer.set_private_endpoint_connection(&c.tenant.vault_id, &connection, "Approved").await.unwrap();
+    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    let v: Value = http.get(&doc).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"x": 1}));
+    wait_json(&env, &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/azureKeyVault/status"), "valid again", |v| {
+        v["valid"] == true
+    })
+    .await;
+
+    // The customer deletes the connection: disconnected for good, the node shuts down.
+    c.tenant.customer.delete_private_endpoint_connection(&c.tenant.vault_id, &connection).await.unwrap();
+    let down = wait_state(&node, NodeState::ShutDown, Duration::from_secs(15)).await;
+    assert_eq!(down.last_error.unwrap().azure_code.as_deref(), Some("ForbiddenByConnection"));
+    node.shutdown().await;
+}
