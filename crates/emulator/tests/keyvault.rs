@@ -1111,8 +1111,23 @@ async fn public_network_disabled_is_refused_except_through_its_private_endpoint(
     assert!(r.message().ends_with(&format!("\r\nVault: {vault};location=eastus")), "{}", r.message());
 
     let ctx = t.emu.ctx();
-    let (port, pe) = atrest_emulator::server::spawn_private_listener(ctx, Uuid::new_v4(), &vault, 0).await.unwrap();
+    let pe_id = Uuid::new_v4();
+    let (port, pe) = atrest_emulator::server::spawn_private_listener(ctx, pe_id, &vault, 0).await.unwrap();
     let private = support::client_for(SocketAddr::from(([127, 0, 0, 1], port)), &t.emu.ca_pem());
+    // A listener alone is not an endpoint: Key Vault admits it only once the state records it
+    // (what POST /_emulator/private-endpoints does; auto-approved, with no connection).
+    let r = send_with(&private, Method::GET, &url, Some(&tok), None).await;
+    assert_eq!((r.status, r.inner()), (StatusCode::FORBIDDEN, "ForbiddenByConnection"), "{}", r.body);
+    ctx.mutate(|s| -> anyhow::Result<()> {
+        s.settings.private_endpoints.push(atrest_emulator::state::PrivateEndpoint {
+            id: pe_id,
+            vault: vault.to_ascii_lowercase(),
+            port,
+            connection: None,
+        });
+        Ok(())
+    })
+    .unwrap();
     let r = send_with(
         &private,
         Method::POST,
