@@ -282,7 +282,10 @@ STEPS = [
 
 # Commands atrest prints that this suite cannot run yet, each with the reason. The coverage
 # test accepts these, and prints them, so they stay visible.
-NOT_RUN = {}
+NOT_RUN = {
+    "keyvault private-endpoint-connection approve": "new with the nodes' private networking (2026-12-03): the emulator's "
+    "ARM serves privateEndpointConnections, but no Step has run the real az against it yet",
+}
 
 
 # --------------------------------------------------------------------------------------------
