@@ -234,14 +234,7 @@ pub async fn node_action(
     };
     let id = NodeId::parse(node_id).map_err(|_| node_not_found(node_id))?;
     match state.store.request_master_key_rotation(&cluster.id, &id).await {
-        Ok(node) => {
-            state.nodes_config_changed();
-            Ok((
-                StatusCode::ACCEPTED,
-                ok_json(json!({"id": node.id.as_str(), "masterKeyRotationNonce": node.master_key_rotation_nonce})),
-            )
-                .into_response())
-        }
+        Ok(node) => Ok(rotation_accepted(&state, &node)),
         Err(StoreError::NotFound { .. }) => Err(node_not_found(node_id)),
         Err(e) => Err(e.into()),
     }
@@ -328,14 +321,7 @@ async fn rotate_own_master_key(
     let node = node_of(&state, &headers).await?;
     Fields::new("", body).finish()?;
     match state.store.request_master_key_rotation(&node.cluster_id, &node.id).await {
-        Ok(node) => {
-            state.nodes_config_changed();
-            Ok((
-                StatusCode::ACCEPTED,
-                ok_json(json!({"id": node.id.as_str(), "masterKeyRotationNonce": node.master_key_rotation_nonce})),
-            )
-                .into_response())
-        }
+        Ok(node) => Ok(rotation_accepted(&state, &node)),
         Err(StoreError::NotFound { .. }) => Err(revoked("the node was revoked")),
         Err(e) => Err(e.into()),
     }
@@ -991,4 +977,15 @@ async fn update_endpoint_status(state: &AppState, ep: &EarPrivateEndpoint, curre
         state.nodes_config_changed();
     }
     Ok(())
+}
+
+/// 202 for a master-key rotation request (the operator's or the node's own): the waiting
+/// config polls wake so the node sees it at once.
+fn rotation_accepted(state: &AppState, node: &Node) -> Response {
+    state.nodes_config_changed();
+    (
+        StatusCode::ACCEPTED,
+        ok_json(json!({"id": node.id.as_str(), "masterKeyRotationNonce": node.master_key_rotation_nonce})),
+    )
+        .into_response()
 }
