@@ -222,6 +222,10 @@ async fn handle(ctx: &Ctx, req: Request) -> Result<Response> {
         (["vaults", vault, "throttle"], &Method::GET) => get_throttle(ctx, vault),
         (["vaults", vault, "throttle"], &Method::DELETE) => delete_throttle(ctx, vault),
         (["vaults", _, "throttle"], _) => nope(),
+        (["vaults", vault, "keys", name, "versions", version, "backdate"], &Method::POST) => {
+            backdate_key_version(ctx, vault, name, version, &body)
+        }
+        (["vaults", _, "keys", _, "versions", _, "backdate"], _) => nope(),
         (["private-endpoints"], &Method::POST) => create_private_endpoint(ctx, &body).await,
         (["private-endpoints"], &Method::GET) => Ok(list_private_endpoints(ctx)),
         (["private-endpoints"], _) => nope(),
@@ -253,6 +257,7 @@ fn index() -> Response {
                 "DELETE /_emulator/faults/{id}", "DELETE /_emulator/faults",
                 "PUT /_emulator/vaults/{vault}/throttle", "GET /_emulator/vaults/{vault}/throttle",
                 "DELETE /_emulator/vaults/{vault}/throttle",
+                "POST /_emulator/vaults/{vault}/keys/{name}/versions/{version}/backdate",
                 "POST /_emulator/private-endpoints", "GET /_emulator/private-endpoints",
                 "GET /_emulator/private-endpoints/{id}", "DELETE /_emulator/private-endpoints/{id}"
             ]
@@ -935,6 +940,46 @@ fn put_throttle(ctx: &Ctx, raw: &str, body: &[u8]) -> Result<Response> {
         .lock()
         .insert(vault.clone(), ThrottleState { limit, window_ms: (window_secs * 1000) as i64, hits: VecDeque::new() });
     Ok(json_response(StatusCode::OK, json!({"vault": vault, "limit": limit, "window_secs": window_secs})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Backdate {
+    days: u32,
+}
+
+/// Moves a key version's `attributes.created` and `updated` back by `days`, as if it had been
+/// made then: the only way to test policies on a key's age (a rotation alert) without waiting,
+/// since Key Vault sets `created` itself. Moving the whole clock back instead would make every
+/// credential made since look not yet valid.
+fn backdate_key_version(ctx: &Ctx, raw: &str, name: &str, version: &str, body: &[u8]) -> Result<Response> {
+    let vault = vault_name(raw)?;
+    let req: Backdate = parse(body)?;
+    if !(1..=3650).contains(&req.days) {
+        return Err(invalid("days must be 1 to 3650."));
+    }
+    let secs = i64::from(req.days) * 86_400;
+    let (created, updated) = ctx.mutate(|s| -> Result<(i64, i64)> {
+        let v = s.vaults.values_mut().find(|v| v.name.eq_ignore_ascii_case(&vault)).ok_or_else(|| {
+            not_found("VaultNotFound", format!("No vault is named '{vault}'. GET /_emulator/ lists the admin routes."))
+        })?;
+        let key = v.keys.get_mut(&name.to_ascii_lowercase()).ok_or_else(|| {
+            not_found(
+                "KeyNotFound",
+                format!("Vault '{vault}' has no key named '{name}' (a deleted key cannot be backdated)."),
+            )
+        })?;
+        let rec = key.versions.iter_mut().find(|r| r.version.eq_ignore_ascii_case(version)).ok_or_else(|| {
+            not_found("KeyNotFound", format!("Key '{name}' in vault '{vault}' has no version '{version}'."))
+        })?;
+        rec.created -= secs;
+        rec.updated -= secs;
+        Ok((rec.created, rec.updated))
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"vault": vault, "key": name, "version": version, "created": created, "updated": updated}),
+    ))
 }
 
 fn get_throttle(ctx: &Ctx, raw: &str) -> Result<Response> {

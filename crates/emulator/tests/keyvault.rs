@@ -1419,3 +1419,101 @@ async fn unwrap_throughput_over_tls() {
     }
     assert_eq!(errors.load(Ordering::Relaxed), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backdating a key version (admin), for tests of policies on a key's age.
+
+#[tokio::test]
+async fn a_backdated_version_reports_the_older_created_and_still_works() {
+    let t = TestEmu::start().await;
+    let vault = add_vault(&t, VaultSpec::default());
+    let tok = admin_token(&t);
+    let arm = t.bootstrap_token("https://management.azure.com/");
+    let v1 = create_key(&t, &vault, "aged", &tok, json!({"kty": "RSA"})).await;
+    let v2 = create_key(&t, &vault, "aged", &tok, json!({"kty": "RSA"})).await;
+    let kid1 = v1["key"]["kid"].as_str().unwrap().to_string();
+    let version1 = kid1.rsplit('/').next().unwrap().to_string();
+    let created1 = v1["attributes"]["created"].as_i64().unwrap();
+    let before = keys_snapshot(&t, &vault);
+    let admin_url = |path: &str| format!("https://management.azure.com/_emulator/vaults/{vault}/keys/{path}");
+
+    let r = call(
+        &t,
+        Method::POST,
+        &admin_url(&format!("AGED/versions/{version1}/backdate")),
+        &arm,
+        Some(json!({"days": 100})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["created"].as_i64().unwrap(), created1 - 100 * 86_400);
+    let got = call(&t, Method::GET, &format!("{kid1}?{API}"), &tok, None).await;
+    assert_eq!(got.body["attributes"]["created"].as_i64().unwrap(), created1 - 100 * 86_400, "{}", got.body);
+    // The other version is untouched, and the backdated one still wraps and unwraps.
+    let got = call(&t, Method::GET, &format!("{}?{API}", v2["key"]["kid"].as_str().unwrap()), &tok, None).await;
+    assert_eq!(got.body["attributes"]["created"], v2["attributes"]["created"]);
+    let w = wrap(&t, &kid1, &tok, "RSA-OAEP-256", b"data key").await;
+    let u = unwrap(&t, &kid1, &tok, "RSA-OAEP-256", w.body["value"].as_str().unwrap()).await;
+    assert_eq!(u.status, StatusCode::OK, "{}", u.body);
+    let after = keys_snapshot(&t, &vault);
+
+    // Bad input: a clear error, and nothing changes.
+    for (path, body, status, code) in [
+        (
+            format!("aged/versions/{version1}/backdate"),
+            json!({"days": 0}),
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+        ),
+        (
+            format!("aged/versions/{version1}/backdate"),
+            json!({"days": 9999}),
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+        ),
+        (
+            format!("aged/versions/{version1}/backdate"),
+            json!({"seconds": 5}),
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+        ),
+        (format!("nosuchkey/versions/{version1}/backdate"), json!({"days": 1}), StatusCode::NOT_FOUND, "KeyNotFound"),
+        (
+            "aged/versions/0123456789abcdef/backdate".to_string(),
+            json!({"days": 1}),
+            StatusCode::NOT_FOUND,
+            "KeyNotFound",
+        ),
+    ] {
+        let r = call(&t, Method::POST, &admin_url(&path), &arm, Some(body.clone())).await;
+        assert_eq!(r.status, status, "{path} {body}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], code, "{}", r.body);
+        assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.body);
+    }
+    let r = call(
+        &t,
+        Method::POST,
+        &format!("https://management.azure.com/_emulator/vaults/nosuchvault/keys/aged/versions/{version1}/backdate"),
+        &arm,
+        Some(json!({"days": 1})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("VaultNotFound")),
+        "{}",
+        r.body
+    );
+    // Only the bootstrap principal's ARM token may call it.
+    let r = call(
+        &t,
+        Method::POST,
+        &admin_url(&format!("aged/versions/{version1}/backdate")),
+        &tok,
+        Some(json!({"days": 1})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(keys_snapshot(&t, &vault), after);
+    assert_ne!(before, after);
+}
