@@ -94,6 +94,10 @@ pub struct ValidationConfig {
     pub node_check_interval_secs: u64,
     /// How long a data node keeps serving after Key Vault first denies it, seconds.
     pub node_denial_grace_secs: u64,
+    /// `AZURE_ENCRYPTION_KEY_NEEDS_ROTATION` is raised when the oldest key version a cluster's
+    /// nodes use was created (Key Vault `attributes.created`) more than this many days ago
+    /// (Atlas: 90).
+    pub key_rotation_alert_days: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +142,7 @@ impl Default for ValidationConfig {
             poll_interval_ms: 1000,
             node_check_interval_secs: 60,
             node_denial_grace_secs: 0,
+            key_rotation_alert_days: 90,
         }
     }
 }
@@ -171,6 +176,9 @@ impl Config {
 
     /// Rejects settings that cannot work, with the fix in the message.
     pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=3650).contains(&self.validation.key_rotation_alert_days) {
+            bail!("validation.key_rotation_alert_days must be 1 to 3650 (Atlas raises the alert at 90)");
+        }
         if self.validation.node_check_interval_secs == 0 {
             bail!("validation.node_check_interval_secs must be at least 1");
         }
@@ -246,6 +254,9 @@ mod tests {
             jail.create_file("zero.toml", "[validation]\nrevalidate_interval_secs = 0")?;
             let err = format!("{:#}", Config::load(Some(Path::new("zero.toml"))).unwrap_err());
             assert!(err.contains("at least 1"), "{err}");
+            jail.create_file("alert.toml", "[validation]\nkey_rotation_alert_days = 0")?;
+            let err = format!("{:#}", Config::load(Some(Path::new("alert.toml"))).unwrap_err());
+            assert!(err.contains("key_rotation_alert_days must be 1 to 3650"), "{err}");
             let err = format!("{:#}", Config::load(Some(Path::new("missing.toml"))).unwrap_err());
             assert!(err.contains("does not exist"), "{err}");
             Ok(())

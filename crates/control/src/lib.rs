@@ -22,6 +22,7 @@ pub mod error;
 pub mod files;
 pub mod jobs;
 pub mod kek;
+pub mod key_age;
 pub mod media;
 pub mod metrics;
 pub mod server;

@@ -44,6 +44,8 @@ pub struct Inner {
     /// a cluster, its data credentials, Try Again, a master-key rotation request), so the
     /// node config long-polls held by this replica wake at once.
     pub nodes_config: tokio::sync::watch::Sender<u64>,
+    /// What this replica knows for the key rotation alert (crate::key_age).
+    pub key_ages: crate::key_age::KeyAges,
 }
 
 impl Deref for AppState {
@@ -67,6 +69,7 @@ impl AppState {
                 replica_id,
                 read_revalidation: Mutex::new(HashMap::new()),
                 nodes_config: tokio::sync::watch::Sender::new(0),
+                key_ages: Default::default(),
             }),
         }
     }

@@ -383,3 +383,78 @@ async fn a_new_current_version_behind_an_unversioned_identifier_reaches_every_no
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_version_older_than_the_threshold_raises_the_rotation_alert_once_and_a_new_one_clears_it() {
+    let env = Env::start_with(options_with_fast_checks()).await;
+    let c = cluster(&env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = join_token(&env, &c).await;
+    let node = EmbeddedNode::start(options(&env, &dir.path().join("n"), Some(token)), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    let count = |types: &[String], t: &str| types.iter().filter(|x| *x == t).count();
+    let key_name = c.tenant.kid.rsplit('/').nth(1).unwrap().to_string();
+    let reports = |n: u64| async move {
+        // A report per check (1 s): wait for a few to pass.
+        tokio::time::sleep(Duration::from_secs(n)).await;
+    };
+    reports(3).await;
+    let types = env.event_types(&c.group).await;
+    assert_eq!(count(&types, "AZURE_ENCRYPTION_KEY_NEEDS_ROTATION"), 0, "a key made today: {types:?}");
+    assert_eq!(count(&types, "AZURE_ENCRYPTION_KEY_ROTATED"), 0, "nothing to clear: {types:?}");
+
+    // A new version, backdated 100 days in the emulator, put in use: the alert is raised once,
+    // naming the version and its age.
+    let old_kid = c.tenant.customer.create_key(&c.tenant.vault, &key_name, None).await.unwrap();
+    let old_version = old_kid.rsplit('/').next().unwrap().to_string();
+    env.emulator_admin(
+        Method::POST,
+        &format!("vaults/{}/keys/{key_name}/versions/{old_version}/backdate", c.tenant.vault),
+        Some(json!({"days": 100})),
+    )
+    .await;
+    let (s, v) = env.patch_ear(&c.group, json!({"keyIdentifier": old_kid})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let raised = env
+        .wait_for(Duration::from_secs(20), || async {
+            count(&env.event_types(&c.group).await, "AZURE_ENCRYPTION_KEY_NEEDS_ROTATION") == 1
+        })
+        .await;
+    assert!(raised, "no AZURE_ENCRYPTION_KEY_NEEDS_ROTATION: {:?}", env.event_types(&c.group).await);
+    assert_eq!(node.handle().gate().status().key_version.as_deref(), Some(old_version.as_str()));
+    let (_, events) = env.atlas(Method::GET, &format!("/api/atlas/v2/groups/{}/events", c.group), None).await;
+    let alert = events["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["eventTypeName"] == "AZURE_ENCRYPTION_KEY_NEEDS_ROTATION")
+        .unwrap()
+        .to_string();
+    assert!(
+        alert.contains(&old_version) && alert.contains("100") && alert.contains("az keyvault key rotate"),
+        "{alert}"
+    );
+    reports(3).await;
+    assert_eq!(count(&env.event_types(&c.group).await, "AZURE_ENCRYPTION_KEY_NEEDS_ROTATION"), 1, "raised once");
+
+    // A new version in use clears it, once.
+    let new_kid = c.tenant.customer.create_key(&c.tenant.vault, &key_name, None).await.unwrap();
+    let (s, v) = env.patch_ear(&c.group, json!({"keyIdentifier": new_kid})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let cleared = env
+        .wait_for(Duration::from_secs(20), || async {
+            count(&env.event_types(&c.group).await, "AZURE_ENCRYPTION_KEY_ROTATED") == 1
+        })
+        .await;
+    assert!(cleared, "no AZURE_ENCRYPTION_KEY_ROTATED: {:?}", env.event_types(&c.group).await);
+    reports(3).await;
+    let types = env.event_types(&c.group).await;
+    assert_eq!(
+        (count(&types, "AZURE_ENCRYPTION_KEY_NEEDS_ROTATION"), count(&types, "AZURE_ENCRYPTION_KEY_ROTATED")),
+        (1, 1),
+        "{types:?}"
+    );
+    node.shutdown().await;
+}

@@ -656,9 +656,23 @@ async fn status(
         reported_at: now,
     };
     let node_id = node.id.clone();
+    // The versioned key identifiers the cluster's serving nodes use, for the key rotation alert.
+    let serving_version = |r: &NodeReport| match (&r.key_identifier, &r.key_version) {
+        (Some(k), Some(v)) if matches!(r.state.as_str(), "SERVING" | "DEGRADED") => {
+            Some(format!("{}/{v}", k.trim_end_matches('/')))
+        }
+        _ => None,
+    };
+    let mut in_use = Vec::new();
     let result = state
         .store
         .record_node_report(&node.id, &report, |cluster, before, nodes| {
+            in_use = nodes
+                .iter()
+                .filter(|n| n.revoked_at.is_none() && n.id != node_id)
+                .filter_map(|n| n.report.as_ref().and_then(serving_version))
+                .chain(serving_version(&report))
+                .collect();
             let state_name = derive_state(cluster, nodes);
             let was = before.map(|r| r.state.as_str());
             let events = transition_event(&st, was).map(|(type_name, detail)| {
@@ -670,6 +684,14 @@ async fn status(
         .await;
     match result {
         Ok((_, cluster)) => {
+            if !in_use.is_empty() {
+                tokio::spawn(crate::key_age::observe(
+                    state.clone(),
+                    cluster.group_id.clone(),
+                    cluster.name.clone(),
+                    in_use,
+                ));
+            }
             // Under private networking the nodes are the only ones that can see the vault:
             // their reports decide the project's validity, the endpoint's status and the
             // migration. A failure here is logged; the report itself is recorded.
