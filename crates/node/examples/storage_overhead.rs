@@ -2,7 +2,11 @@
 //! SQLite pages), on a write-heavy and a read-heavy workload, alternating rounds so both see the
 //! same machine noise. Prints each round and the median ratio (target ≤ 1.3×).
 //!
-//! `cargo run --release -p atrest-node --example storage_overhead -- [docs] [rounds]`
+//! `cargo run --release -p atrest-node --example storage_overhead -- [docs] [rounds] [normal|full]`
+//!
+//! `normal` (the default, the node's setting) commits without an fsync, so the page crypto is
+//! the whole difference; `full` fsyncs every commit, as a database that must survive power loss
+//! does.
 
 use std::time::Instant;
 
@@ -20,9 +24,9 @@ fn body(i: usize) -> String {
 
 /// Write-heavy: `docs` puts in batches of 100 (one transaction each), then 20 % overwritten.
 /// Read-heavy: `docs` point reads in a scrambled order, plus a listing every 100 reads.
-fn run(encryption: Encryption, docs: usize) -> (f64, f64) {
+fn run(encryption: Encryption, durability: Durability, docs: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = SqlCipherEngine::new(dir.path(), encryption, Durability::Normal);
+    let engine = SqlCipherEngine::new(dir.path(), encryption, durability);
     engine.open(&DataKeys::single(KeyBytes::random().unwrap())).unwrap();
     let start = Instant::now();
     for chunk in (0..docs).collect::<Vec<_>>().chunks(100) {
@@ -60,11 +64,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let docs: usize = args.next().map(|a| a.parse().expect("docs: a number")).unwrap_or(50_000);
     let rounds: usize = args.next().map(|a| a.parse().expect("rounds: a number")).unwrap_or(5);
-    println!("embedded engine storage overhead: {docs} documents (~230 B), {rounds} alternating rounds");
+    let durability = match args.next().as_deref() {
+        None | Some("normal") => Durability::Normal,
+        Some("full") => Durability::Full,
+        Some(other) => panic!("durability: normal or full, not {other}"),
+    };
+    println!(
+        "embedded engine storage overhead: {docs} documents (~230 B), {rounds} alternating rounds, synchronous = {durability:?}"
+    );
     let (mut w_ratio, mut r_ratio) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let (pw, pr) = run(Encryption::Unencrypted, docs);
-        let (ew, er) = run(Encryption::Encrypted, docs);
+        let (pw, pr) = run(Encryption::Unencrypted, durability, docs);
+        let (ew, er) = run(Encryption::Encrypted, durability, docs);
         println!(
             "round {round}: write-heavy plain {pw:.3}s sqlcipher {ew:.3}s ({:.2}x); read-heavy plain {pr:.3}s sqlcipher {er:.3}s ({:.2}x)",
             ew / pw,

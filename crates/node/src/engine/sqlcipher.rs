@@ -92,6 +92,23 @@ CREATE TABLE IF NOT EXISTS documents (
 ) WITHOUT ROWID;
 ";
 
+/// The page format of a database.
+#[derive(Clone, Copy)]
+enum CipherFormat {
+    /// [`CURRENT_CIPHER_SETTINGS`]: every database created since.
+    Current,
+    /// SQLCipher 4's defaults (HMAC-SHA512), which atrest used first; such databases still open.
+    Sqlcipher4Defaults,
+}
+
+/// SQLCipher 4's defaults (AES-256-CBC pages, a random IV per page write, a per-page HMAC
+/// keyed separately from the cipher) except the HMAC's hash: HMAC-SHA256 instead of
+/// HMAC-SHA512. Both are full-strength MACs (untruncated 32- and 64-byte tags); SHA-256
+/// runs on the CPU's SHA extensions where SHA-512 cannot, which made the page HMAC the largest
+/// single cost of a small write (see BENCHMARKS.md, storage overhead). Applied after `PRAGMA
+/// key`, before the first read, as SQLCipher requires.
+const CURRENT_CIPHER_SETTINGS: &str = "PRAGMA cipher_hmac_algorithm = HMAC_SHA256;";
+
 /// SQLite's page cache per database, in KiB (64 MiB).
 const CACHE_KIB: u32 = 64 * 1024;
 
@@ -119,6 +136,25 @@ impl SqlCipherEngine {
     }
 
     fn connect(&self, keys: &DataKeys) -> Result<Connection, EngineError> {
+        if self.encryption == Encryption::Unencrypted {
+            return self.keyed(keys, None);
+        }
+        let existed = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > 0);
+        match self.keyed(keys, Some(CipherFormat::Current)) {
+            // A database written before the current format (SQLCipher 4's defaults, HMAC-SHA512)
+            // fails page 1's HMAC under the current settings: it opens with its own.
+            Err(EngineError::WrongKey { .. }) if existed => {
+                let conn = self.keyed(keys, Some(CipherFormat::Sqlcipher4Defaults))?;
+                tracing::info!(db = %self.path.display(), "the database uses SQLCipher 4's default page HMAC (HMAC-SHA512); new databases use HMAC-SHA256");
+                Ok(conn)
+            }
+            other => other,
+        }
+    }
+
+    /// A connection to the database, keyed with the current data key in `format` (`None`: no
+    /// key, the benchmark's baseline), with page 1 read to prove the key.
+    fn keyed(&self, keys: &DataKeys, format: Option<CipherFormat>) -> Result<Connection, EngineError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn =
             Connection::open_with_flags(&self.path, flags).map_err(|e| storage(&self.path.display().to_string(), e))?;
@@ -134,7 +170,11 @@ impl SqlCipherEngine {
                     .into(),
             ));
         }
-        if self.encryption == Encryption::Encrypted {
+        // SQLCipher logs each failed page authentication to stderr itself (a process-wide
+        // setting). atrest reports those as [`EngineError::WrongKey`], which says what to do,
+        // and opening a database of the older format fails once by design.
+        conn.execute_batch("PRAGMA cipher_log_level = NONE;").map_err(|e| storage("PRAGMA cipher_log_level", e))?;
+        if let Some(format) = format {
             let (_, key) = keys.current();
             // The statement text holds the key in hex for as long as SQLite parses it; the
             // buffer is wiped on drop.
@@ -143,6 +183,9 @@ impl SqlCipherEngine {
             pragma.push_str(&hex::encode(key.expose()));
             pragma.push_str("'\";");
             conn.execute_batch(&pragma).map_err(|e| storage("PRAGMA key", e))?;
+            if let CipherFormat::Current = format {
+                conn.execute_batch(CURRENT_CIPHER_SETTINGS).map_err(|e| storage("PRAGMA cipher_hmac_algorithm", e))?;
+            }
         }
         // The first read decrypts page 1: a wrong key fails here with SQLITE_NOTADB.
         match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
@@ -298,6 +341,61 @@ impl Engine for SqlCipherEngine {
                 Ok(_) => Health::Serving,
                 Err(e) => Health::Failing(format!("{}: {e}", self.path.display())),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::KeyBytes;
+
+    fn raw(path: &Path, keys: &DataKeys, settings: &str) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        let hex = Zeroizing::new(hex::encode(keys.current().1.expose()));
+        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\"; {settings}", hex.as_str())).unwrap();
+        conn
+    }
+
+    #[test]
+    fn new_databases_use_hmac_sha256_pages_and_older_ones_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = DataKeys::single(KeyBytes::random().unwrap());
+        let engine = SqlCipherEngine::new(dir.path(), Encryption::Encrypted, Durability::Normal);
+        engine.open(&keys).unwrap();
+        engine.put("c", "new", "{\"a\":1}").unwrap();
+        engine.close().unwrap();
+        // The pages carry HMAC-SHA256: SQLCipher 4's defaults (HMAC-SHA512) refuse them, and the
+        // current settings read them.
+        let path = dir.path().join(DB_FILE);
+        let defaults = raw(&path, &keys, "");
+        assert!(defaults.query_row("SELECT count(*) FROM documents", [], |r| r.get::<_, i64>(0)).is_err());
+        drop(defaults);
+        let current = raw(&path, &keys, CURRENT_CIPHER_SETTINGS);
+        assert_eq!(current.query_row("SELECT count(*) FROM documents", [], |r| r.get::<_, i64>(0)).unwrap(), 1);
+        drop(current);
+
+        // A database written with SQLCipher 4's defaults (atrest's first format) opens, keeps its
+        // format, and takes writes.
+        let old = tempfile::tempdir().unwrap();
+        let conn = raw(&old.path().join(DB_FILE), &keys, "");
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute("INSERT INTO documents VALUES ('c', 'old', 1, 0, '{\"b\":2}')", []).unwrap();
+        drop(conn);
+        let engine = SqlCipherEngine::new(old.path(), Encryption::Encrypted, Durability::Normal);
+        engine.open(&keys).unwrap();
+        assert_eq!(engine.get("c", "old").unwrap().unwrap().body, "{\"b\":2}");
+        engine.put("c", "more", "{}").unwrap();
+        engine.close().unwrap();
+        let conn = raw(&old.path().join(DB_FILE), &keys, "");
+        assert_eq!(conn.query_row("SELECT count(*) FROM documents", [], |r| r.get::<_, i64>(0)).unwrap(), 2);
+        drop(conn);
+
+        // Another key opens neither.
+        let other = DataKeys::single(KeyBytes::random().unwrap());
+        for d in [dir.path(), old.path()] {
+            let e = SqlCipherEngine::new(d, Encryption::Encrypted, Durability::Normal);
+            assert!(matches!(e.open(&other), Err(EngineError::WrongKey { .. })), "{}", d.display());
         }
     }
 }
