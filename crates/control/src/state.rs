@@ -46,6 +46,8 @@ pub struct Inner {
     pub nodes_config: tokio::sync::watch::Sender<u64>,
     /// What this replica knows for the key rotation alert (crate::key_age).
     pub key_ages: crate::key_age::KeyAges,
+    /// Projects this replica is revalidating because a node shut down or recovered.
+    pub node_revalidations: Mutex<std::collections::HashSet<GroupId>>,
 }
 
 impl Deref for AppState {
@@ -70,6 +72,7 @@ impl AppState {
                 read_revalidation: Mutex::new(HashMap::new()),
                 nodes_config: tokio::sync::watch::Sender::new(0),
                 key_ages: Default::default(),
+                node_revalidations: Default::default(),
             }),
         }
     }

@@ -138,6 +138,21 @@ async fn a_node_serves_encrypted_data_shuts_down_on_revocation_and_comes_back() 
         })
         .await;
     assert!(ok, "the nodes list never showed SHUT_DOWN");
+    // The project's validity follows the node's report at once (no background revalidation
+    // runs within this test: its interval is an hour, and reads do not revalidate).
+    let valid = |want: bool| {
+        let env = &env;
+        let group = c.group.clone();
+        async move {
+            env.wait_for(Duration::from_secs(10), || async {
+                let (_, v) =
+                    env.atlas(Method::GET, &format!("/api/atlas/v2/groups/{group}/encryptionAtRest"), None).await;
+                v["azureKeyVault"]["valid"] == want
+            })
+            .await
+        }
+    };
+    assert!(valid(false).await, "the project stayed valid after its node shut down");
 
     // Restored: it serves again by itself, with the same data.
     c.tenant
@@ -148,6 +163,7 @@ async fn a_node_serves_encrypted_data_shuts_down_on_revocation_and_comes_back() 
     wait_state(&node, NodeState::Serving, Duration::from_secs(15)).await;
     let v: Value = http.get(doc("a")).bearer_auth(&c.data_credential).send().await.unwrap().json().await.unwrap();
     assert_eq!(v, json!({"m": marker}));
+    assert!(valid(true).await, "the project stayed invalid after its node served again");
 
     // Customer-key rotation: a new key version, PATCHed in. The node re-wraps its master key
     // (32 bytes; no page is rewritten) and reports the new version; disabling the old version

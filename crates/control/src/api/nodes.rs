@@ -664,6 +664,7 @@ async fn status(
         _ => None,
     };
     let mut in_use = Vec::new();
+    let mut transitioned = false;
     let result = state
         .store
         .record_node_report(&node.id, &report, |cluster, before, nodes| {
@@ -675,6 +676,11 @@ async fn status(
                 .collect();
             let state_name = derive_state(cluster, nodes);
             let was = before.map(|r| r.state.as_str());
+            transitioned = match (was, st.as_str()) {
+                (Some("SHUT_DOWN"), "SHUT_DOWN") => false,
+                (_, "SHUT_DOWN") | (Some("SHUT_DOWN"), "SERVING") => true,
+                _ => false,
+            };
             let events = transition_event(&st, was).map(|(type_name, detail)| {
                 let payload = json!({"clusterName": cluster.name, "nodeId": node_id.as_str(), "detail": detail});
                 ear::event(&cluster.group_id, type_name, payload, now)
@@ -684,6 +690,9 @@ async fn status(
         .await;
     match result {
         Ok((_, cluster)) => {
+            if transitioned {
+                tokio::spawn(revalidate_on_node_transition(state.clone(), cluster.group_id.clone()));
+            }
             if !in_use.is_empty() {
                 tokio::spawn(crate::key_age::observe(
                     state.clone(),
@@ -702,6 +711,30 @@ async fn status(
         }
         Err(StoreError::NotFound { .. }) => Err(revoked("the node was revoked")),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// When a node shuts down for a denial, or serves again after one, outside private networking:
+/// the control plane revalidates the project at once (trigger `node_report`), so the project's
+/// `valid` and events follow the nodes within seconds instead of at the next background
+/// revalidation. One at a time per project on this replica; reports that arrive meanwhile are
+/// covered by the one running. Under private networking the nodes' reports are the verdict
+/// ([`private_networking_verdict`]).
+async fn revalidate_on_node_transition(state: AppState, group: GroupId) {
+    if !state.node_revalidations.lock().insert(group.clone()) {
+        return;
+    }
+    let result = async {
+        let Some(stored) = state.store.get_ear_config(&group).await? else { return Ok(()) };
+        if stored.azure.enabled && !stored.azure.require_private_networking {
+            ear::revalidate(&state, stored, "node_report").await?;
+        }
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    state.node_revalidations.lock().remove(&group);
+    if let Err(e) = result {
+        tracing::warn!(group = %group, error = %e.detail, "could not revalidate the project after a node's report; the background revalidation will");
     }
 }
 
