@@ -267,3 +267,148 @@ async fn static_to_role_id_under_write_load_has_no_downtime() {
         n.shutdown().await;
     }
 }
+
+async fn wait_json<F: Fn(&Value) -> bool>(env: &Env, path: &str, what: &str, ok: F) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = env.atlas(Method::GET, path, None).await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} never happened: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The seeds' private networking for `p`: `requirePrivateNetworking: true` (pending), the EAR
+/// private endpoint created with the Atlas API, the platform's endpoint in Azure (the
+/// emulator's listener) with its address recorded, the connection approved by the customer, and
+/// the vault's public access disabled. Returns the endpoint's Atlas path.
+async fn private_networking(env: &Env, p: &Project) -> String {
+    let g = &p.group;
+    let (s, v) = env.patch_ear(g, json!({"requirePrivateNetworking": true})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, ep) = env
+        .atlas(
+            Method::POST,
+            &format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints"),
+            Some(json!({"regionName": "US_EAST_2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{ep}");
+    let id = ep["id"].as_str().unwrap().to_string();
+    let ep_path = format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}");
+    let ep = wait_json(env, &ep_path, "PENDING_ACCEPTANCE", |v| v["status"] == "PENDING_ACCEPTANCE").await;
+    let connection = ep["privateEndpointConnectionName"].as_str().unwrap().to_string();
+    let pe = env
+        .emulator_admin(
+            Method::POST,
+            "private-endpoints",
+            Some(json!({"vault": p.tenant.vault, "connectionName": connection})),
+        )
+        .await;
+    let (s, v) = env
+        .atlas(
+            Method::PATCH,
+            &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}"),
+            Some(json!({"privateAddress": pe["address"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    p.tenant.customer.set_private_endpoint_connection(&p.tenant.vault_id, &connection, "Approved").await.unwrap();
+    p.tenant.customer.update_vault(&p.tenant.vault_id, json!({"publicNetworkAccess": "Disabled"})).await.unwrap();
+    ep_path
+}
+
+/// Under private networking the control plane cannot validate the role: the PATCH is accepted
+/// with the role pending, the static credentials stay stored and in force, and the nodes keep
+/// the static path while they try the role (refused here: the role is not granted yet). Once
+/// the customer grants it, every node validates it over the private endpoint, and only then is
+/// the migration completed and the static secret deleted. The client under load sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_to_role_id_under_private_networking_waits_for_the_nodes_under_write_load() {
+    let env = Env::start_with(options_with_fast_checks()).await;
+    let p = static_project(&env, 3).await;
+    let g = p.group.clone();
+    let ep_path = private_networking(&env, &p).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_nodes(&env, &p, dir.path(), 3).await;
+    wait_auth_mode(&nodes, "STATIC", Duration::from_secs(10)).await;
+    for n in &nodes {
+        assert_eq!(n.handle().gate().status().via, "PRIVATE_ENDPOINT");
+    }
+    let status_path = format!("/api/atrest/v1/groups/{g}/encryptionAtRest/azureKeyVault/status");
+    wait_json(&env, &status_path, "valid through the nodes", |v| v["valid"] == true).await;
+    wait_json(&env, &ep_path, "ACTIVE", |v| v["status"] == "ACTIVE").await;
+
+    let load = start_load(nodes.iter().map(|n| n.url()).collect(), p.data_credential.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The role registered but not granted yet: accepted, pending on the nodes.
+    let role = env.register(&g, &p.tenant).await;
+    let (s, v) = env.patch_ear(&g, json!({"roleId": role})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["azureKeyVault"]["roleId"], role.as_str(), "{v}");
+    let (creds, pending) = stored_credentials(&env, &g).await;
+    assert!(
+        matches!(creds, AzureCredentials::Static { .. }),
+        "the static credentials were dropped before the nodes validated the role"
+    );
+    assert_eq!(pending.as_deref(), Some(role.as_str()));
+
+    // Each node tries the role, is refused, says so, and keeps serving on the static path.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for n in &nodes {
+        loop {
+            let s = n.handle().gate().status();
+            let tried = s.last_error.as_ref().is_some_and(|e| {
+                e.message.contains("pending migration") && e.azure_code.as_deref() == Some("ForbiddenByRbac")
+            });
+            if tried {
+                assert_eq!(s.state, NodeState::Serving, "{s:?}");
+                assert_eq!(s.auth_mode.as_deref(), Some("STATIC"), "{s:?}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the node never tried the pending role: {s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let st = wait_json(&env, &status_path, "the pending migration in the status", |v| {
+        v["detail"].as_str().is_some_and(|d| d.contains("Migration to roleId pending: 0 of 3"))
+    })
+    .await;
+    assert_eq!(st["credentialMode"], "STATIC_CREDENTIALS", "{st}");
+    assert_eq!(st["pendingRoleId"], role.as_str(), "{st}");
+    assert_eq!(st["valid"], true, "the static path still validates: {st}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (creds, _) = stored_credentials(&env, &g).await;
+    assert!(matches!(creds, AzureCredentials::Static { .. }), "migrated while every node was refused the role");
+
+    // The customer grants the platform's service principal: the nodes validate the role, the
+    // migration completes and the secret is deleted.
+    p.tenant.grant_rbac().await;
+    wait_auth_mode(&nodes, "SERVICE_PRINCIPAL", Duration::from_secs(15)).await;
+    let st = wait_json(&env, &status_path, "the migration complete", |v| v["credentialMode"] == "SECRETLESS").await;
+    assert_eq!(st["pendingRoleId"], Value::Null, "{st}");
+    assert_eq!(st["valid"], true, "{st}");
+    let (creds, pending) = stored_credentials(&env, &g).await;
+    assert!(matches!(creds, AzureCredentials::Secretless { .. }), "the static secret is still stored");
+    assert_eq!(pending, None);
+    let (_, events) = env.atlas(Method::GET, &format!("/api/atlas/v2/groups/{g}/events"), None).await;
+    let migrated = events["results"].as_array().unwrap().iter().any(|e| {
+        e["eventTypeName"] == "ENCRYPTION_AT_REST_CONFIGURATION_UPDATED"
+            && e.to_string().contains("migratedFromStaticCredentials\":true")
+            && e.to_string().contains("data nodes")
+    });
+    assert!(migrated, "no migration event from the nodes: {events}");
+    // The configuration the nodes get now has the role in force and nothing pending.
+    wait_auth_mode(&nodes, "SERVICE_PRINCIPAL", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes = load.finish(&p.data_credential).await;
+    assert!(writes > 50, "the client made only {writes} writes");
+    legacy_grant_removed_changes_nothing(&nodes, &p).await;
+    assert_eq!(env.status(&g).await["valid"], true);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
