@@ -149,8 +149,11 @@ async fn wait_auth_mode(nodes: &[EmbeddedNode], mode: &str, limit: Duration) {
 /// read back from it at once. Every failure is recorded with what failed.
 struct Load {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(Vec<(String, u64)>, Vec<String>)>,
+    task: tokio::task::JoinHandle<Outcome>,
 }
+
+/// The acknowledged writes (URL, value) and the failures.
+type Outcome = (Vec<(String, u64)>, Vec<String>);
 
 fn start_load(urls: Vec<String>, credential: String) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
