@@ -5,8 +5,11 @@
 //! registers the platform's service principal and PATCHes `roleId`. Afterwards: 0 errors, every
 //! acknowledged write readable, and the nodes get their tokens on the roleId path (they report
 //! `SERVICE_PRINCIPAL`, the store holds no secret, and removing the legacy app's grant changes
-//! nothing). Without private networking the PATCH validates at once; with it the role waits in
-//! `pendingRoleId` until every node validated it, and the static path stays in force until then.
+//! nothing). Without private networking the PATCH validates at once (and the way back, roleId →
+//! static, is validated the same way: refused without a grant, followed by the nodes with one);
+//! with it the role waits in `pendingRoleId` until every node validated it, and the static path
+//! stays in force until then. A crash during the switch is covered by
+//! crates/cli/tests/node_crash.rs (failpoint `node-auth-mode-switched`).
 
 #[path = "../../control/tests/support/mod.rs"]
 mod support;
@@ -30,6 +33,10 @@ struct Project {
     tenant: Tenant,
     /// The legacy app's Key Vault Crypto User assignment on the vault.
     legacy_crypto: String,
+    /// The legacy app's service principal, id and secret.
+    legacy_sp: String,
+    legacy_app_id: String,
+    legacy_secret: String,
     data_credential: String,
 }
 
@@ -82,7 +89,15 @@ async fn static_project(env: &Env, nodes: u32) -> Project {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let data_credential = v["credential"].as_str().unwrap().to_string();
-    Project { group, tenant, legacy_crypto, data_credential }
+    Project {
+        group,
+        tenant,
+        legacy_crypto,
+        legacy_sp: sp.to_string(),
+        legacy_app_id: app["app_id"].as_str().unwrap().to_string(),
+        legacy_secret: app["client_secret"].as_str().unwrap().to_string(),
+        data_credential,
+    }
 }
 
 fn node_options(env: &Env, dir: &std::path::Path, token: String) -> NodeOptions {
@@ -232,7 +247,7 @@ async fn legacy_grant_removed_changes_nothing(nodes: &[EmbeddedNode], p: &Projec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn static_to_role_id_under_write_load_has_no_downtime() {
+async fn static_to_role_id_and_back_under_write_load_has_no_downtime() {
     let env = Env::start_with(options_with_fast_checks()).await;
     let p = static_project(&env, 3).await;
     let dir = tempfile::tempdir().unwrap();
@@ -266,6 +281,29 @@ async fn static_to_role_id_under_write_load_has_no_downtime() {
     assert_eq!(results.len(), 3, "{listed}");
     assert!(results.iter().all(|n| n["authMode"] == "SERVICE_PRINCIPAL" && n["state"] == "SERVING"), "{listed}");
     legacy_grant_removed_changes_nothing(&nodes, &p).await;
+
+    // And back (roleId → static credentials, outside private networking): validated by the
+    // control plane like any PATCH. Refused while the legacy app has no grant, changing nothing;
+    // accepted once it has one, and the nodes follow, under load again.
+    let static_block = json!({
+        "clientID": p.legacy_app_id, "tenantID": p.tenant.customer.tenant_id(), "secret": p.legacy_secret,
+    });
+    let before = env.get_ear(&p.group).await;
+    let (s, e) = env.patch_ear(&p.group, static_block.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["errorCode"], "INVALID_AZURE_CREDENTIALS", "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("ForbiddenByRbac"), "{e}");
+    assert_eq!(env.get_ear(&p.group).await, before, "a refused PATCH changed the configuration");
+    assert!(matches!(stored_credentials(&env, &p.group).await.0, AzureCredentials::Secretless { .. }));
+    let load = start_load(nodes.iter().map(|n| n.url()).collect(), p.data_credential.clone());
+    p.tenant.customer.assign_role(&p.legacy_sp, roles::KEY_VAULT_CRYPTO_USER, &p.tenant.vault_id).await.unwrap();
+    let (s, v) = env.patch_ear(&p.group, static_block).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["azureKeyVault"]["clientID"], p.legacy_app_id.as_str(), "{v}");
+    assert_eq!(env.status(&p.group).await["credentialMode"], "STATIC_CREDENTIALS");
+    wait_auth_mode(&nodes, "STATIC", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load.finish(&p.data_credential).await;
     for n in nodes {
         n.shutdown().await;
     }
