@@ -59,6 +59,11 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
         tenant: &'a AzureUuid,
         scope: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<AccessToken, Error>>;
+
+    /// The service refused `token` (401) although it is not expired by our clock: the next
+    /// [`TokenSource::fetch`] should tell the source, so that it drops its own cached copy
+    /// instead of handing the same token back. Called before that fetch.
+    fn refused(&self, _token: &AccessToken) {}
 }
 
 /// The success body. `expires_in` is a number in Entra's answers, but some proxies and older
@@ -131,6 +136,19 @@ impl TokenProvider {
         self.token(environment, tenant, &format!("{}/.default", environment.vault_resource())).await
     }
 
+    /// Drops the cached Key Vault token for `tenant` if its SHA-256 is `refused_sha256`: a
+    /// holder of a copy (a data node) was refused it by Key Vault (401), so handing it out again
+    /// would only be refused again. See [`TokenCache::invalidate_if_sha256`].
+    pub fn drop_refused_key_vault_token(
+        &self,
+        environment: AzureEnvironment,
+        tenant: &AzureUuid,
+        refused_sha256: &[u8],
+    ) -> bool {
+        let key = self.cache_key(environment, tenant, &format!("{}/.default", environment.vault_resource()));
+        self.inner.cache.invalidate_if_sha256(&key, refused_sha256)
+    }
+
     /// A token for Azure Resource Manager in `environment`, issued in `tenant`.
     pub async fn arm_token(&self, environment: AzureEnvironment, tenant: &AzureUuid) -> Result<AccessToken, Error> {
         self.token(environment, tenant, &format!("{}/.default", environment.arm_resource())).await
@@ -178,6 +196,9 @@ impl TokenProvider {
             return result;
         }
         self.inner.cache.invalidate_if(&self.cache_key(environment, tenant, scope), token);
+        if let Source::External { source, .. } = &self.inner.source {
+            source.refused(token);
+        }
         match self.token(environment, tenant, scope).await {
             Ok(fresh) if fresh.expose_secret() != token.expose_secret() => call(fresh).await,
             Ok(_) => result,

@@ -67,6 +67,13 @@ impl AccessToken {
         self.expires_at
     }
 
+    /// The SHA-256 of the bearer token: how a holder of a copy (a data node) names the token it
+    /// was refused without sending the token back.
+    pub fn sha256(&self) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.expose_secret().as_bytes());
+        d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    }
+
     /// Time left before expiry.
     pub fn expires_in(&self) -> Duration {
         self.expires_at.saturating_duration_since(Instant::now())
@@ -180,6 +187,24 @@ impl TokenCache {
                 st.token = None;
             }
         }
+    }
+
+    /// Forget the token for `key` only if its SHA-256 is `refused_sha256` (a copy of it was
+    /// refused elsewhere: a data node's Key Vault answered 401 to it). Only a caller that holds
+    /// the cached token can name it, so nobody can empty the cache at will, and N holders
+    /// refused the same token drop it once: the first one's replacement has another digest.
+    /// Returns whether it was dropped.
+    pub fn invalidate_if_sha256(&self, key: &CacheKey, refused_sha256: &[u8]) -> bool {
+        let Some(slot) = self.slots.lock().get(key).cloned() else { return false };
+        let mut st = slot.state.lock();
+        let matches = st
+            .token
+            .as_ref()
+            .is_some_and(|t| aws_lc_rs::constant_time::verify_slices_are_equal(&t.sha256(), refused_sha256).is_ok());
+        if matches {
+            st.token = None;
+        }
+        matches
     }
 
     /// The token for `key`: from the cache when fresh, else from `fetch` — started at most once
@@ -442,5 +467,27 @@ mod tests {
         cache.invalidate(&k);
         let t = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
         assert_eq!(t.expose_secret(), "tok-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_refused_tokens_digest_drops_it_and_only_once() {
+        let cache = TokenCache::new();
+        let calls = Arc::new(AtomicU32::new(0));
+        let k = key(7);
+        let first = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        // Another digest (a token this cache never handed out) drops nothing.
+        assert!(!cache.invalidate_if_sha256(&k, &[0u8; 32]));
+        assert!(!cache.invalidate_if_sha256(&key(8), &first.sha256()));
+        let same = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        assert_eq!(same.expose_secret(), first.expose_secret());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The refused token's digest drops it; a second holder naming it again drops nothing.
+        assert!(cache.invalidate_if_sha256(&k, &first.sha256()));
+        let fresh = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        assert_eq!(fresh.expose_secret(), "tok-2");
+        assert!(!cache.invalidate_if_sha256(&k, &first.sha256()));
+        let kept = cache.get_or_fetch(&k, fetcher(&calls, Duration::ZERO, HOUR, false)).await.unwrap();
+        assert_eq!(kept.expose_secret(), "tok-2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -82,6 +82,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("atrest node needs --control-plane URL and --data-dir DIR");
     };
     forbid_core_dumps();
+    // One node per data dir: two would open the same database and keystore and overwrite each
+    // other's files. Taken before anything in DIR is read or written (join included), held
+    // until the process ends (the kernel drops it on kill -9 too).
+    atrest_control::datadir::create_private_dir(&data_dir)?;
+    let _lock = atrest_control::datadir::DirLock::acquire(&data_dir, "atrest node")?;
     let azure = match (args.azure_endpoint, &args.azure_ca) {
         (Some(addr), Some(ca)) => TransportConfig::with_override(addr, read(ca, "the Azure CA")?),
         (None, Some(_)) => anyhow::bail!("--azure-ca needs --azure-endpoint (the address the CA's server listens on)"),

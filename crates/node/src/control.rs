@@ -182,7 +182,7 @@ pub enum ControlError {
     Revoked { detail: String },
     /// Entra refused the token the control plane asked for in the customer's tenant.
     #[error("{detail}")]
-    TokenDenied { azure_code: Option<String>, detail: String },
+    TokenDenied { azure_code: Option<String>, detail: String, fix: Option<String> },
     /// Any other refusal (a bad join token, bad input).
     #[error("the control plane refused: {status} {code}: {detail}")]
     Refused { status: u16, code: String, detail: String },
@@ -271,10 +271,17 @@ impl ControlClient {
         }
         match (status, body.error_code.as_str()) {
             (401, "NODE_REVOKED") => ControlError::Revoked { detail: body.detail },
-            (403, "AZURE_TOKEN_DENIED") => ControlError::TokenDenied {
-                azure_code: body.parameters.first().and_then(|p| p.as_str()).map(str::to_string),
-                detail: body.detail,
-            },
+            // parameters: [Entra's code]; the detail ends with " Fix: <what to do>" when Entra's
+            // refusal has a known fix (docs/design/node-api-draft.md).
+            (403, "AZURE_TOKEN_DENIED") => {
+                let fix =
+                    body.detail.rsplit_once(" Fix: ").map(|(_, f)| f.trim().to_string()).filter(|f| !f.is_empty());
+                ControlError::TokenDenied {
+                    azure_code: body.parameters.first().and_then(|p| p.as_str()).map(str::to_string),
+                    fix,
+                    detail: body.detail,
+                }
+            }
             (_, "AZURE_TOKEN_UNAVAILABLE") => self.unreachable(body.detail),
             _ => ControlError::Refused { status, code: body.error_code, detail: body.detail },
         }
@@ -318,12 +325,21 @@ impl ControlClient {
         Ok(ConfigPoll::Changed(Box::new(config), tag))
     }
 
-    /// `POST token`: a Key Vault token in the customer's tenant.
-    pub async fn token(&self, auth_mode: Option<&str>) -> Result<IssuedToken, ControlError> {
-        let body = match auth_mode {
-            Some(m) => serde_json::json!({"authMode": m}),
-            None => serde_json::json!({}),
-        };
+    /// `POST token`: a Key Vault token in the customer's tenant. `refused_sha256` (hex): the
+    /// SHA-256 of the token Key Vault just refused (401), so that the control plane drops its
+    /// cached copy and asks Entra again instead of handing the same token back.
+    pub async fn token(
+        &self,
+        auth_mode: Option<&str>,
+        refused_sha256: Option<&str>,
+    ) -> Result<IssuedToken, ControlError> {
+        let mut body = serde_json::json!({});
+        if let Some(m) = auth_mode {
+            body["authMode"] = m.into();
+        }
+        if let Some(d) = refused_sha256 {
+            body["refusedTokenSha256"] = d.into();
+        }
         let resp = self
             .authed(self.http.post(self.url("token")))
             .timeout(Duration::from_secs(30))

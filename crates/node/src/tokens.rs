@@ -11,6 +11,7 @@ use atrest_azure::{AccessToken, Error, ErrorKind, Service, TokenSource};
 use atrest_domain::{AzureEnvironment, AzureUuid};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use secrecy::SecretString;
 
 use crate::control::{ControlClient, ControlError};
@@ -20,12 +21,14 @@ use crate::control::{ControlClient, ControlError};
 pub struct ControlPlaneTokens {
     client: ControlClient,
     auth_mode: Option<String>,
+    /// The SHA-256 (hex) of the token Key Vault last refused, sent with the next request.
+    refused: Mutex<Option<String>>,
 }
 
 impl ControlPlaneTokens {
     /// Tokens from `client`, in `auth_mode` (`None`: whatever the project uses now).
     pub fn new(client: ControlClient, auth_mode: Option<String>) -> Arc<Self> {
-        Arc::new(Self { client, auth_mode })
+        Arc::new(Self { client, auth_mode, refused: Mutex::new(None) })
     }
 }
 
@@ -34,8 +37,11 @@ impl ControlPlaneTokens {
 /// revoked node, which the lifecycle recognises by its code.
 pub fn to_azure_error(e: ControlError) -> Error {
     match e {
-        ControlError::TokenDenied { azure_code, detail } => {
+        ControlError::TokenDenied { azure_code, detail, fix } => {
             let mut err = Error::new(ErrorKind::Denied, Service::Entra, detail).with_status(403);
+            if let Some(fix) = fix {
+                err = err.with_remediation(fix);
+            }
             if let Some(code) = azure_code {
                 if let Some(n) = code.strip_prefix("AADSTS").and_then(|n| n.parse().ok()) {
                     err = err.with_aadsts(n);
@@ -64,7 +70,9 @@ impl TokenSource for ControlPlaneTokens {
     ) -> BoxFuture<'a, Result<AccessToken, Error>> {
         async move {
             let sent_at = Instant::now();
-            let issued = self.client.token(self.auth_mode.as_deref()).await.map_err(to_azure_error)?;
+            let refused = self.refused.lock().take();
+            let issued =
+                self.client.token(self.auth_mode.as_deref(), refused.as_deref()).await.map_err(to_azure_error)?;
             if issued.access_token.is_empty() || issued.expires_in == 0 {
                 return Err(Error::new(
                     ErrorKind::Unreachable,
@@ -79,5 +87,9 @@ impl TokenSource for ControlPlaneTokens {
             ))
         }
         .boxed()
+    }
+
+    fn refused(&self, token: &AccessToken) {
+        *self.refused.lock() = Some(hex::encode(token.sha256()));
     }
 }

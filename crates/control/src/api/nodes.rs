@@ -527,11 +527,26 @@ async fn config(
     }
 }
 
-/// `POST /api/atrest/v1/node/token` `{}` or `{"authMode": "STATIC" | "SERVICE_PRINCIPAL"}`.
+/// `POST /api/atrest/v1/node/token` `{}` or `{"authMode": "STATIC" | "SERVICE_PRINCIPAL"}`,
+/// optionally with `"refusedTokenSha256"`: the SHA-256 (hex) of the token Key Vault just refused
+/// the node (401). If that is the cached token it is dropped and Entra is asked again, so a
+/// token Key Vault no longer accepts is not handed out until it expires by our clock, and
+/// Entra's answer (a fresh token, or its refusal: the service principal deleted, ...) reaches
+/// the node. Only a node that holds the cached token can name it, and N nodes naming the same
+/// one cost one Entra request.
 async fn token(State(state): State<AppState>, headers: HeaderMap, JsonObject(body): JsonObject) -> ApiResult<Response> {
     let node = node_of(&state, &headers).await?;
     let mut f = Fields::new("", body);
     let mode = f.string("authMode")?;
+    let refused = match f.string("refusedTokenSha256")? {
+        None => None,
+        Some(h) => Some(hex::decode(&h).ok().filter(|d| d.len() == 32).ok_or_else(|| {
+            ApiError::invalid_attribute(
+                "refusedTokenSha256",
+                format!("{} is not a SHA-256 in hex (64 characters)", echo(&h)),
+            )
+        })?),
+    };
     f.finish()?;
     if let Some(m) = &mode
         && m != "STATIC"
@@ -568,8 +583,14 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, JsonObject(bod
     }
     let client = match &target.credential {
         Credential::Secretless { .. } => state.platform.secretless()?.clone(),
+        // A fresh cache per request (AppState::static_client): nothing cached to drop.
         Credential::Static { client_id, secret } => state.platform.static_client(*client_id, secret.clone()),
     };
+    if let Some(digest) = &refused
+        && client.tokens().drop_refused_key_vault_token(target.environment, &target.tenant_id, digest)
+    {
+        tracing::info!(node = %node.id, tenant = %target.tenant_id, "Key Vault refused the cached token a node held: dropped it, asking Entra again");
+    }
     match client.tokens().key_vault_token(target.environment, &target.tenant_id).await {
         Ok(t) => Ok(ok_json(json!({
             "accessToken": t.expose_secret(),
@@ -592,6 +613,7 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, JsonObject(bod
                 codes::AZURE_TOKEN_DENIED,
                 format!("Entra ID refused a Key Vault token in tenant {}: {e}.{fix}", target.tenant_id),
             )
+            // The node takes the fix from the detail, after " Fix: " (parameters are shortened).
             .with_params([e.code().unwrap_or("").to_string()]))
         }
     }
