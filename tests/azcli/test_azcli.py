@@ -217,6 +217,16 @@ STEPS = [
     Step("public network access",
          "az keyvault update --name {RBAC_KV} --public-network-access Enabled",
          json_field("properties.publicNetworkAccess", "Enabled"), source="crates/azure/src/keyvault.rs"),
+    Step("approve the data nodes' private endpoint connection",
+         "az keyvault private-endpoint-connection approve --vault-name {RBAC_KV} --name {PE_CONNECTION} "
+         "--description 'for the atrest data nodes'",
+         all_of(json_field("name", "{PE_CONNECTION}"),
+                json_field("properties.privateLinkServiceConnectionState.status", "Approved")),
+         source="crates/control/src/api/nodes.rs"),
+    Step("the connection is approved in the vault",
+         "az keyvault private-endpoint-connection show --vault-name {RBAC_KV} --name {PE_CONNECTION} "
+         "--query properties.privateLinkServiceConnectionState.status -o tsv",
+         eq("Approved"), source="crates/control/src/api/nodes.rs"),
 
     # ---- Keys (the customer admin is Key Vault Administrator of the subscription) ----
     Step("key create", "az keyvault key create --vault-name {RBAC_KV} --name {KEY} --kty RSA --size 3072",
@@ -282,10 +292,7 @@ STEPS = [
 
 # Commands atrest prints that this suite cannot run yet, each with the reason. The coverage
 # test accepts these, and prints them, so they stay visible.
-NOT_RUN = {
-    "keyvault private-endpoint-connection approve": "new with the nodes' private networking (2026-12-03): the emulator's "
-    "ARM serves privateEndpointConnections, but no Step has run the real az against it yet",
-}
+NOT_RUN: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,6 +366,11 @@ def values():
     _, out = run("az keyvault create --name {RBAC_KV} --resource-group {RG} --location eastus "
                  "--enable-rbac-authorization true", v)
     assert js(out)["id"] == v["RBAC_KV_ID"], out
+    # A private endpoint to the RBAC vault whose connection waits for the vault owner's approval,
+    # as the data nodes' private networking needs (Azure creates it from the endpoint's side).
+    v["PE_CONNECTION"] = "atrest-nodes-pe"
+    pe = admin("POST", "private-endpoints", {"vault": RBAC_KV, "connectionName": v["PE_CONNECTION"]})
+    assert pe["connectionStatus"] == "Pending", pe
     return v
 
 

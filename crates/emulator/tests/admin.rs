@@ -777,3 +777,90 @@ async fn private_endpoints_listen_and_survive_a_restart() {
     let r = admin(&t, &tok, Method::GET, "private-endpoints", None).await;
     assert_eq!(r.body["value"], json!([]));
 }
+
+#[tokio::test]
+async fn a_pending_connection_is_listed_on_the_vault_and_approved_rejected_or_deleted_in_arm() {
+    let t = TestEmu::start().await;
+    insert_vault(&t, "connkv");
+    let tok = admin_token(&t).await;
+    let sub = t.bootstrap().subscription_id.clone();
+    let vault = format!(
+        "https://management.azure.com/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/connkv"
+    );
+    let arm = |path: &str| format!("{vault}{path}?api-version=2023-07-01");
+    let state = |r: &Reply| r.body["properties"]["privateLinkServiceConnectionState"]["status"].clone();
+
+    let rg = format!("https://management.azure.com/subscriptions/{sub}/resourcegroups/rg?api-version=2021-04-01");
+    let r = call(&t, Method::PUT, &rg, Some(&tok), Some(json!({"location": "eastus"}))).await;
+    assert!(matches!(r.status, 200 | 201), "{}", r.body);
+
+    // No connection yet: the vault lists none.
+    let r = call(&t, Method::GET, &arm(""), Some(&tok), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["properties"].get("privateEndpointConnections").is_none(), "{}", r.body);
+
+    let r = admin(
+        &t,
+        &tok,
+        Method::POST,
+        "private-endpoints",
+        Some(json!({"vault": "connkv", "connectionName": "nodes-pe"})),
+    )
+    .await;
+    assert_eq!((r.status, r.body["connectionStatus"].as_str()), (201, Some("Pending")), "{}", r.body);
+    let endpoint = r.body["id"].as_str().unwrap().to_string();
+
+    // The vault shows it as Azure does (PrivateEndpointConnectionItem), and so do the list and GET.
+    let r = call(&t, Method::GET, &arm(""), Some(&tok), None).await;
+    let items = r.body["properties"]["privateEndpointConnections"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{}", r.body);
+    assert_eq!(
+        items[0]["id"],
+        format!(
+            "/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/connkv/privateEndpointConnections/nodes-pe"
+        )
+    );
+    assert_eq!(items[0]["properties"]["privateLinkServiceConnectionState"]["status"], "Pending");
+    assert!(items[0]["properties"]["privateEndpoint"]["id"].as_str().unwrap().ends_with(&endpoint), "{}", items[0]);
+    let r = call(&t, Method::GET, &arm("/privateEndpointConnections"), Some(&tok), None).await;
+    assert_eq!(r.body["value"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    let r = call(&t, Method::GET, &arm("/privateEndpointConnections/nodes-pe"), Some(&tok), None).await;
+    assert_eq!((r.status, state(&r)), (200, json!("Pending")), "{}", r.body);
+
+    // Bad input: a clear error, and the connection stays Pending.
+    for (body, status, code) in [
+        (json!({"properties": {"privateLinkServiceConnectionState": {"status": "Maybe"}}}), 400, "BadRequest"),
+        (json!({"properties": {}}), 400, "BadRequest"),
+    ] {
+        let r =
+            call(&t, Method::PUT, &arm("/privateEndpointConnections/nodes-pe"), Some(&tok), Some(body.clone())).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], code, "{}", r.body);
+    }
+    let r = call(&t, Method::GET, &arm("/privateEndpointConnections/nosuch"), Some(&tok), None).await;
+    assert_arm_error(&r, 404, "PrivateEndpointConnectionNotFound");
+    let r = admin(&t, &tok, Method::GET, &format!("private-endpoints/{endpoint}"), None).await;
+    assert_eq!(r.body["connectionStatus"], "Pending");
+
+    // Approved, then rejected: the vault and the endpoint follow.
+    for status in ["Approved", "Rejected"] {
+        let body = json!({"properties": {"privateLinkServiceConnectionState": {"status": status, "description": "by the owner"}}});
+        let r = call(&t, Method::PUT, &arm("/privateEndpointConnections/nodes-pe"), Some(&tok), Some(body)).await;
+        assert_eq!((r.status, state(&r)), (200, json!(status)), "{}", r.body);
+        let r = call(&t, Method::GET, &arm(""), Some(&tok), None).await;
+        assert_eq!(
+            r.body["properties"]["privateEndpointConnections"][0]["properties"]["privateLinkServiceConnectionState"]["status"],
+            status
+        );
+        let r = admin(&t, &tok, Method::GET, &format!("private-endpoints/{endpoint}"), None).await;
+        assert_eq!(r.body["connectionStatus"], status);
+    }
+
+    // Deleted: the vault lists none, and the endpoint is Disconnected.
+    let r = call(&t, Method::DELETE, &arm("/privateEndpointConnections/nodes-pe"), Some(&tok), None).await;
+    assert!(matches!(r.status, 200 | 202 | 204), "{}", r.body);
+    let r = call(&t, Method::GET, &arm(""), Some(&tok), None).await;
+    assert!(r.body["properties"].get("privateEndpointConnections").is_none(), "{}", r.body);
+    let r = admin(&t, &tok, Method::GET, &format!("private-endpoints/{endpoint}"), None).await;
+    assert_eq!(r.body["connectionStatus"], "Disconnected");
+}

@@ -183,7 +183,9 @@ fn policy_json(p: &AccessPolicy) -> Value {
 }
 
 /// The full vault resource. `network_acls` is echoed on writes only (it is not stored).
-pub(super) fn vault_json(v: &Vault, network_acls: Option<&Value>) -> Value {
+/// `properties.privateEndpointConnections` lists the vault's connections (ARM's
+/// `PrivateEndpointConnectionItem`: `id`, `etag`, `properties`), only when it has some.
+pub(super) fn vault_json(s: &State, v: &Vault, network_acls: Option<&Value>) -> Value {
     let p = &v.properties;
     let mut props = json!({
         "sku": {"family": p.sku_family, "name": p.sku_name},
@@ -204,6 +206,16 @@ pub(super) fn vault_json(v: &Vault, network_acls: Option<&Value>) -> Value {
     }
     if let Some(acls) = network_acls {
         props["networkAcls"] = acls.clone();
+    }
+    let connections: Vec<Value> = vault_connections(s, v)
+        .into_iter()
+        .map(|(pe, c)| {
+            let full = connection_json(v, pe, c);
+            json!({"id": full["id"], "etag": "", "properties": full["properties"]})
+        })
+        .collect();
+    if !connections.is_empty() {
+        props["privateEndpointConnections"] = json!(connections);
     }
     json!({
         "id": v.resource_id(),
@@ -395,7 +407,7 @@ pub(super) fn put(call: &Call, sub: Uuid, rg: &str, name: &str) -> ArmResult<Res
     let now = call.now();
     let mut props_body = body.properties;
     let network_acls = props_body.as_mut().and_then(|p| p.network_acls.take()).filter(|v| !v.is_null());
-    let vault = call.ctx.mutate(|s| -> ArmResult<Vault> {
+    let vault = call.ctx.mutate(|s| -> ArmResult<Value> {
         let subscription = call.subscription(s, sub)?;
         call.authorize(s, &scope, VAULT_WRITE)?;
         validate_vault_name(name)?;
@@ -450,10 +462,10 @@ pub(super) fn put(call: &Call, sub: Uuid, rg: &str, name: &str) -> ArmResult<Res
             },
         };
         s.vaults.insert(key, vault.clone());
-        Ok(vault)
+        Ok(vault_json(s, &vault, network_acls.as_ref()))
     })?;
     // The Key Vault resource provider answers 200 to both create and update.
-    Ok(json(StatusCode::OK, vault_json(&vault, network_acls.as_ref())))
+    Ok(json(StatusCode::OK, vault))
 }
 
 #[derive(Deserialize)]
@@ -468,7 +480,7 @@ pub(super) fn patch(call: &Call, sub: Uuid, rg: &str, name: &str) -> ArmResult<R
     let scope = vault_id(sub, rg, name);
     let mut props_body = body.properties.unwrap_or_default();
     let network_acls = props_body.network_acls.take().filter(|v| !v.is_null());
-    let vault = call.ctx.mutate(|s| -> ArmResult<Vault> {
+    let vault = call.ctx.mutate(|s| -> ArmResult<Value> {
         let subscription = call.subscription(s, sub)?;
         call.authorize(s, &scope, VAULT_WRITE)?;
         let mut vault = find_vault(s, call, sub, rg, name)?.clone();
@@ -477,9 +489,9 @@ pub(super) fn patch(call: &Call, sub: Uuid, rg: &str, name: &str) -> ArmResult<R
             vault.tags = tags;
         }
         s.vaults.insert(Vault::key(call.cloud, name), vault.clone());
-        Ok(vault)
+        Ok(vault_json(s, &vault, network_acls.as_ref()))
     })?;
-    Ok(json(StatusCode::OK, vault_json(&vault, network_acls.as_ref())))
+    Ok(json(StatusCode::OK, vault))
 }
 
 pub(super) fn get(call: &Call, sub: Uuid, rg: &str, name: &str) -> ArmResult<Response> {
@@ -487,7 +499,7 @@ pub(super) fn get(call: &Call, sub: Uuid, rg: &str, name: &str) -> ArmResult<Res
         call.subscription(s, sub)?;
         call.authorize(s, &vault_id(sub, rg, name), VAULT_READ)?;
         let vault = find_vault(s, call, sub, rg, name)?;
-        Ok(json(StatusCode::OK, vault_json(vault, None)))
+        Ok(json(StatusCode::OK, vault_json(s, vault, None)))
     })
 }
 
@@ -525,7 +537,7 @@ pub(super) fn list(call: &Call, sub: Uuid, rg: Option<&str>) -> ArmResult<Respon
             .filter(|v| v.cloud == call.cloud && v.subscription_id == sub)
             .filter(|v| rg.is_none_or(|rg| v.resource_group.eq_ignore_ascii_case(rg)))
             .filter(|v| call.can(s, &v.resource_id(), VAULT_READ))
-            .map(|v| vault_json(v, None))
+            .map(|v| vault_json(s, v, None))
             .collect();
         Ok(json(StatusCode::OK, json!({"value": value})))
     })
