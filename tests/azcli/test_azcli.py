@@ -220,12 +220,14 @@ STEPS = [
     Step("approve the data nodes' private endpoint connection",
          "az keyvault private-endpoint-connection approve --vault-name {RBAC_KV} --name {PE_CONNECTION} "
          "--description 'for the atrest data nodes'",
+         # az flattens the connection's `properties` into the object it prints.
          all_of(json_field("name", "{PE_CONNECTION}"),
-                json_field("properties.privateLinkServiceConnectionState.status", "Approved")),
+                json_field("privateLinkServiceConnectionState.status", "Approved"),
+                json_field("privateLinkServiceConnectionState.description", "for the atrest data nodes")),
          source="crates/control/src/api/nodes.rs"),
     Step("the connection is approved in the vault",
          "az keyvault private-endpoint-connection show --vault-name {RBAC_KV} --name {PE_CONNECTION} "
-         "--query properties.privateLinkServiceConnectionState.status -o tsv",
+         "--query privateLinkServiceConnectionState.status -o tsv",
          eq("Approved"), source="crates/control/src/api/nodes.rs"),
 
     # ---- Keys (the customer admin is Key Vault Administrator of the subscription) ----
@@ -255,6 +257,12 @@ STEPS = [
          "az keyvault key delete --vault-name {RBAC_KV} --name {KEY} >/dev/null && "
          "az keyvault key recover --vault-name {RBAC_KV} --name {KEY}",
          json_field("key.kid", "https://{RBAC_KV}.vault.azure.net/keys/{KEY}/{VERSION}"), source="crates/azure/src/keyvault.rs"),
+    Step("rotate the key (the key-age alert's fix)",
+         "az keyvault key rotate --vault-name {RBAC_KV} --name {KEY}",
+         lambda out, v: (js(out)["key"]["kid"].startswith("https://{RBAC_KV}.vault.azure.net/keys/{KEY}/".format(**v))
+                         and js(out)["key"]["kid"] != "https://{RBAC_KV}.vault.azure.net/keys/{KEY}/{VERSION}".format(**v))
+         or pytest.fail(out),
+         source="crates/control/src/key_age.rs"),
 
     # ---- In the platform app's home tenant (its admin logs in with az login --tenant) ----
     Step("log in to the app's home tenant",
