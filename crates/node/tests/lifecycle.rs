@@ -2,90 +2,31 @@
 //! the seeds' flow to a cluster, a node joining it, encrypted documents through the data API,
 //! revocation → SHUT_DOWN → restore → SERVING, and the plaintext grep.
 
+mod nodes;
 #[path = "../../control/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
-use atrest_node::runtime::{NodeOptions, NodeState, node_retry};
+use atrest_node::runtime::NodeState;
 use atrest_node::server::EmbeddedNode;
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::{Env, Options};
+use support::Env;
 
-struct Cluster {
-    group: String,
-    role: String,
-    name: String,
-    tenant: support::Tenant,
-    crypto_assignment: String,
-    data_credential: String,
-}
+use nodes::{Cluster, fast_checks as options_with_fast_checks, options, wait_state};
 
-async fn atrest_post(env: &Env, path: &str, body: Value) -> (StatusCode, Value) {
-    env.atlas(Method::POST, path, Some(body)).await
-}
-
-/// The seeds' flow (register, grant, PATCH), then a one-node cluster on the project's key.
+/// The seeds' flow, then a one-node cluster on the project's key.
 async fn cluster(env: &Env) -> Cluster {
-    cluster_with(env, 1, false).await
+    nodes::cluster(env, "nodes", 1, false).await
 }
 
-/// As [`cluster`], with `nodes` nodes; `unversioned`: the key identifier is PATCHed without its
-/// version (the key's current version is used, whichever it is).
-async fn cluster_with(env: &Env, nodes: u32, unversioned: bool) -> Cluster {
-    let group = env.project("nodes").await;
-    let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
-    let role = env.register(&group, &tenant).await;
-    let (_, crypto_assignment) = tenant.grant_rbac().await;
-    let mut block = tenant.ear_block(&role);
-    if unversioned {
-        block["keyIdentifier"] = json!(tenant.unversioned_kid());
-    }
-    let (s, v) = env.patch_ear(&group, block).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    env.create_cluster(&group, "Cluster0", nodes).await;
-    let (s, v) =
-        atrest_post(env, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"), json!({})).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let data_credential = v["credential"].as_str().unwrap().to_string();
-    Cluster { group, role, name: "Cluster0".into(), tenant, crypto_assignment, data_credential }
+async fn cluster_with(env: &Env, n: u32, unversioned: bool) -> Cluster {
+    nodes::cluster(env, "nodes", n, unversioned).await
 }
 
 async fn join_token(env: &Env, c: &Cluster) -> String {
-    let (s, v) =
-        atrest_post(env, &format!("/api/atrest/v1/groups/{}/clusters/{}/joinTokens", c.group, c.name), json!({})).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
-fn options(env: &Env, dir: &std::path::Path, token: Option<String>) -> NodeOptions {
-    NodeOptions {
-        data_dir: dir.to_path_buf(),
-        control_plane: env.url().to_string(),
-        control_plane_ca_pem: None,
-        join_token: token.map(SecretString::from),
-        data_url: String::new(),
-        azure: atrest_azure::TransportConfig::with_override(env.emu.addr(), env.emu.ca_pem()),
-        retry: node_retry(),
-    }
-}
-
-async fn wait_state(node: &EmbeddedNode, want: NodeState, limit: Duration) -> atrest_node::Status {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let s = node.handle().gate().status();
-        if s.state == want {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not {want:?} within {limit:?}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn options_with_fast_checks() -> Options {
-    Options { node_check_interval_secs: 1, ..Options::default() }
+    nodes::join_token(env, &c.group, &c.name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@
 //! stays in force until then. A crash during the switch is covered by
 //! crates/cli/tests/node_crash.rs (failpoint `node-auth-mode-switched`).
 
+mod nodes;
 #[path = "../../control/tests/support/mod.rs"]
 mod support;
 
@@ -19,13 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use atrest_emulator::scenario::{VaultAuth, roles};
-use atrest_node::runtime::{NodeOptions, NodeState, node_retry};
+use atrest_node::runtime::NodeState;
 use atrest_node::server::EmbeddedNode;
 use atrest_store::{AzureCredentials, GroupId};
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::{Env, Options, Tenant};
+use support::{Env, Tenant};
 
 /// A project on the legacy static credentials, with a cluster on its key.
 struct Project {
@@ -38,10 +38,6 @@ struct Project {
     legacy_app_id: String,
     legacy_secret: String,
     data_credential: String,
-}
-
-fn options_with_fast_checks() -> Options {
-    Options { node_check_interval_secs: 1, ..Options::default() }
 }
 
 /// The customer's own app with a secret, granted Reader and Key Vault Crypto User (the legacy
@@ -80,15 +76,7 @@ async fn static_project(env: &Env, nodes: u32) -> Project {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(env.status(&group).await["credentialMode"], "STATIC_CREDENTIALS");
     env.create_cluster(&group, "Cluster0", nodes).await;
-    let (s, v) = env
-        .atlas(
-            Method::POST,
-            &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let data_credential = v["credential"].as_str().unwrap().to_string();
+    let data_credential = nodes::data_credential(env, &group, "Cluster0").await;
     Project {
         group,
         tenant,
@@ -100,49 +88,18 @@ async fn static_project(env: &Env, nodes: u32) -> Project {
     }
 }
 
-fn node_options(env: &Env, dir: &std::path::Path, token: String) -> NodeOptions {
-    NodeOptions {
-        data_dir: dir.to_path_buf(),
-        control_plane: env.url().to_string(),
-        control_plane_ca_pem: None,
-        join_token: Some(SecretString::from(token)),
-        data_url: String::new(),
-        azure: atrest_azure::TransportConfig::with_override(env.emu.addr(), env.emu.ca_pem()),
-        retry: node_retry(),
-    }
-}
-
 /// `n` nodes joined to Cluster0, each serving.
 async fn start_nodes(env: &Env, p: &Project, dir: &std::path::Path, n: usize) -> Vec<EmbeddedNode> {
     let mut nodes = Vec::new();
     for i in 0..n {
-        let (s, v) = env
-            .atlas(
-                Method::POST,
-                &format!("/api/atrest/v1/groups/{}/clusters/Cluster0/joinTokens", p.group),
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let opts = node_options(env, &dir.join(format!("n{i}")), v["token"].as_str().unwrap().to_string());
+        let token = nodes::join_token(env, &p.group, "Cluster0").await;
+        let opts = nodes::options(env, &dir.join(format!("n{i}")), Some(token));
         nodes.push(EmbeddedNode::start(opts, "127.0.0.1:0".parse().unwrap()).await.unwrap());
     }
     for node in &nodes {
-        wait_state(node, NodeState::Serving, Duration::from_secs(30)).await;
+        nodes::wait_state(node, NodeState::Serving, Duration::from_secs(30)).await;
     }
     nodes
-}
-
-async fn wait_state(node: &EmbeddedNode, want: NodeState, limit: Duration) -> atrest_node::Status {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let s = node.handle().gate().status();
-        if s.state == want {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not {want:?} within {limit:?}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until every node reports `mode` and serves with no error.
@@ -248,7 +205,7 @@ async fn legacy_grant_removed_changes_nothing(nodes: &[EmbeddedNode], p: &Projec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_to_role_id_and_back_under_write_load_has_no_downtime() {
-    let env = Env::start_with(options_with_fast_checks()).await;
+    let env = Env::start_with(nodes::fast_checks()).await;
     let p = static_project(&env, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let nodes = start_nodes(&env, &p, dir.path(), 3).await;
@@ -309,18 +266,6 @@ async fn static_to_role_id_and_back_under_write_load_has_no_downtime() {
     }
 }
 
-async fn wait_json<F: Fn(&Value) -> bool>(env: &Env, path: &str, what: &str, ok: F) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, v) = env.atlas(Method::GET, path, None).await;
-        if ok(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what} never happened: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The seeds' private networking for `p`: `requirePrivateNetworking: true` (pending), the EAR
 /// private endpoint created with the Atlas API, the platform's endpoint in Azure (the
 /// emulator's listener) with its address recorded, the connection approved by the customer, and
@@ -329,36 +274,17 @@ async fn private_networking(env: &Env, p: &Project) -> String {
     let g = &p.group;
     let (s, v) = env.patch_ear(g, json!({"requirePrivateNetworking": true})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, ep) = env
-        .atlas(
-            Method::POST,
-            &format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints"),
-            Some(json!({"regionName": "US_EAST_2"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{ep}");
-    let id = ep["id"].as_str().unwrap().to_string();
-    let ep_path = format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}");
-    let ep = wait_json(env, &ep_path, "PENDING_ACCEPTANCE", |v| v["status"] == "PENDING_ACCEPTANCE").await;
-    let connection = ep["privateEndpointConnectionName"].as_str().unwrap().to_string();
-    let pe = env
-        .emulator_admin(
-            Method::POST,
-            "private-endpoints",
-            Some(json!({"vault": p.tenant.vault, "connectionName": connection})),
-        )
-        .await;
-    let (s, v) = env
-        .atlas(
-            Method::PATCH,
-            &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}"),
-            Some(json!({"privateAddress": pe["address"]})),
-        )
-        .await;
+    let requested = nodes::request_private_endpoint(env, g).await;
+    let pe = nodes::create_azure_endpoint(env, &requested, &p.tenant.vault).await;
+    let (s, v) = nodes::record_private_address(env, g, &requested, &pe["address"]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    p.tenant.customer.set_private_endpoint_connection(&p.tenant.vault_id, &connection, "Approved").await.unwrap();
+    p.tenant
+        .customer
+        .set_private_endpoint_connection(&p.tenant.vault_id, &requested.connection, "Approved")
+        .await
+        .unwrap();
     p.tenant.customer.update_vault(&p.tenant.vault_id, json!({"publicNetworkAccess": "Disabled"})).await.unwrap();
-    ep_path
+    requested.path
 }
 
 /// Under private networking the control plane cannot validate the role: the PATCH is accepted
@@ -368,7 +294,7 @@ async fn private_networking(env: &Env, p: &Project) -> String {
 /// the migration completed and the static secret deleted. The client under load sees nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_to_role_id_under_private_networking_waits_for_the_nodes_under_write_load() {
-    let env = Env::start_with(options_with_fast_checks()).await;
+    let env = Env::start_with(nodes::fast_checks()).await;
     let p = static_project(&env, 3).await;
     let g = p.group.clone();
     let ep_path = private_networking(&env, &p).await;
@@ -379,8 +305,8 @@ async fn static_to_role_id_under_private_networking_waits_for_the_nodes_under_wr
         assert_eq!(n.handle().gate().status().via, "PRIVATE_ENDPOINT");
     }
     let status_path = format!("/api/atrest/v1/groups/{g}/encryptionAtRest/azureKeyVault/status");
-    wait_json(&env, &status_path, "valid through the nodes", |v| v["valid"] == true).await;
-    wait_json(&env, &ep_path, "ACTIVE", |v| v["status"] == "ACTIVE").await;
+    nodes::wait_json(&env, &status_path, "valid through the nodes", |v| v["valid"] == true).await;
+    nodes::wait_json(&env, &ep_path, "ACTIVE", |v| v["status"] == "ACTIVE").await;
 
     let load = start_load(nodes.iter().map(|n| n.url()).collect(), p.data_credential.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -414,7 +340,7 @@ async fn static_to_role_id_under_private_networking_waits_for_the_nodes_under_wr
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let st = wait_json(&env, &status_path, "the pending migration in the status", |v| {
+    let st = nodes::wait_json(&env, &status_path, "the pending migration in the status", |v| {
         v["detail"].as_str().is_some_and(|d| d.contains("Migration to roleId pending: 0 of 3"))
     })
     .await;
@@ -429,7 +355,8 @@ async fn static_to_role_id_under_private_networking_waits_for_the_nodes_under_wr
     // migration completes and the secret is deleted.
     p.tenant.grant_rbac().await;
     wait_auth_mode(&nodes, "SERVICE_PRINCIPAL", Duration::from_secs(15)).await;
-    let st = wait_json(&env, &status_path, "the migration complete", |v| v["credentialMode"] == "SECRETLESS").await;
+    let st =
+        nodes::wait_json(&env, &status_path, "the migration complete", |v| v["credentialMode"] == "SECRETLESS").await;
     assert_eq!(st["pendingRoleId"], Value::Null, "{st}");
     assert_eq!(st["valid"], true, "{st}");
     let (creds, pending) = stored_credentials(&env, &g).await;

@@ -1,111 +1,27 @@
 //! Private networking through the data nodes (issue 8 §6), against the real emulator and a
 //! real control plane on 127.0.0.1:0.
 
+mod nodes;
 #[path = "../../control/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
-use atrest_node::runtime::{NodeOptions, NodeState, node_retry};
+use atrest_node::runtime::NodeState;
 use atrest_node::server::EmbeddedNode;
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::{Env, Options};
 
-const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
+use nodes::{Cluster, fast_checks as options_with_fast_checks, options, wait_json, wait_state};
 
-#[allow(dead_code)]
-struct Cluster {
-    group: String,
-    role: String,
-    name: String,
-    tenant: support::Tenant,
-    crypto_assignment: String,
-    data_credential: String,
-}
-
-async fn atrest_post(env: &Env, path: &str, body: Value) -> (StatusCode, Value) {
-    env.atlas(Method::POST, path, Some(body)).await
-}
-
-/// The seeds' flow (register, grant, PATCH), then a cluster on the project's key.
+/// The seeds' flow (register, grant, PATCH), then a one-node cluster on the project's key.
 async fn cluster(env: &Env) -> Cluster {
-    let group = env.project("nodes").await;
-    let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
-    let role = env.register(&group, &tenant).await;
-    let (_, crypto_assignment) = tenant.grant_rbac().await;
-    let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let r = env
-        .http
-        .post(format!("{}/api/atlas/v2/groups/{group}/clusters", env.url()))
-        .bearer_auth(&env.token)
-        .header("Accept", CLUSTERS_ACCEPT)
-        .header("Content-Type", CLUSTERS_ACCEPT)
-        .json(&json!({
-            "name": "Cluster0",
-            "clusterType": "REPLICASET",
-            "encryptionAtRestProvider": "AZURE",
-            "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
-                "electableSpecs": {"instanceSize": "M10", "nodeCount": 1}}]}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let (s, v) =
-        atrest_post(env, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"), json!({})).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let data_credential = v["credential"].as_str().unwrap().to_string();
-    Cluster { group, role, name: "Cluster0".into(), tenant, crypto_assignment, data_credential }
+    nodes::cluster(env, "nodes", 1, false).await
 }
 
 async fn join_token(env: &Env, c: &Cluster) -> String {
-    let (s, v) =
-        atrest_post(env, &format!("/api/atrest/v1/groups/{}/clusters/{}/joinTokens", c.group, c.name), json!({})).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
-fn options(env: &Env, dir: &std::path::Path, token: Option<String>) -> NodeOptions {
-    NodeOptions {
-        data_dir: dir.to_path_buf(),
-        control_plane: env.url().to_string(),
-        control_plane_ca_pem: None,
-        join_token: token.map(SecretString::from),
-        data_url: String::new(),
-        azure: atrest_azure::TransportConfig::with_override(env.emu.addr(), env.emu.ca_pem()),
-        retry: node_retry(),
-    }
-}
-
-async fn wait_state(node: &EmbeddedNode, want: NodeState, limit: Duration) -> atrest_node::Status {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let s = node.handle().gate().status();
-        if s.state == want {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not {want:?} within {limit:?}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn options_with_fast_checks() -> Options {
-    Options { node_check_interval_secs: 1, ..Options::default() }
-}
-
-async fn wait_json<F: Fn(&Value) -> bool>(env: &Env, path: &str, what: &str, ok: F) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, v) = env.atlas(Method::GET, path, None).await;
-        if ok(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what} never happened: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    nodes::join_token(env, &c.group, &c.name).await
 }
 
 /// The seeds' private-networking flow: the EAR private endpoint created with the Atlas API,
@@ -127,46 +43,17 @@ async fn private_networking_validates_through_the_nodes_private_endpoint() {
     assert_eq!(env.status(&g).await["state"], "PENDING");
 
     // The EAR private endpoint, through the Atlas API; it waits for the customer's approval.
-    let (s, ep) = env
-        .atlas(
-            Method::POST,
-            &format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints"),
-            Some(json!({"regionName": "US_EAST_2"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{ep}");
-    let id = ep["id"].as_str().unwrap().to_string();
-    let ep_path = format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}");
-    let ep = wait_json(&env, &ep_path, "PENDING_ACCEPTANCE", |v| v["status"] == "PENDING_ACCEPTANCE").await;
-    let connection = ep["privateEndpointConnectionName"].as_str().unwrap().to_string();
+    let requested = nodes::request_private_endpoint(&env, &g).await;
+    let (ep_path, connection) = (requested.path.clone(), requested.connection.clone());
 
     // The platform's side: the endpoint in Azure (the emulator's listener, manual approval),
     // and its address recorded for the nodes.
-    let pe = env
-        .emulator_admin(
-            Method::POST,
-            "private-endpoints",
-            Some(json!({"vault": c.tenant.vault, "connectionName": connection})),
-        )
-        .await;
+    let pe = nodes::create_azure_endpoint(&env, &requested, &c.tenant.vault).await;
     assert_eq!(pe["connectionStatus"], "Pending", "{pe}");
-    let address = pe["address"].as_str().unwrap().to_string();
-    let (s, v) = env
-        .atlas(
-            Method::PATCH,
-            &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}"),
-            Some(json!({"privateAddress": "nowhere"})),
-        )
-        .await;
+    let (s, v) = nodes::record_private_address(&env, &g, &requested, &json!("nowhere")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["errorCode"], "INVALID_ATTRIBUTE", "{v}");
-    let (s, v) = env
-        .atlas(
-            Method::PATCH,
-            &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}"),
-            Some(json!({"privateAddress": address})),
-        )
-        .await;
+    let (s, v) = nodes::record_private_address(&env, &g, &requested, &pe["address"]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 
     // The customer closes the vault's public access.
@@ -212,7 +99,7 @@ async fn private_networking_validates_through_the_nodes_private_endpoint() {
                 .http
                 .get(format!("{}/api/atlas/v2/groups/{g}/clusters/Cluster0", env.url()))
                 .bearer_auth(&env.token)
-                .header("Accept", CLUSTERS_ACCEPT)
+                .header("Accept", support::CLUSTERS_ACCEPT)
                 .send()
                 .await
                 .unwrap();
@@ -296,41 +183,16 @@ async fn under_private_networking_the_nodes_refuse_a_key_not_bound_to_the_projec
     let (s, v) = env.patch_ear(&g, block).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     env.create_cluster(&g, "Cluster0", 1).await;
-    let (s, v) =
-        atrest_post(&env, &format!("/api/atrest/v1/groups/{g}/clusters/Cluster0/dataCredentials"), json!({})).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let data_credential = v["credential"].as_str().unwrap().to_string();
+    let data_credential = nodes::data_credential(&env, &g, "Cluster0").await;
     let c = Cluster { group: g.clone(), role, name: "Cluster0".into(), tenant, crypto_assignment, data_credential };
 
     // Private networking as the seeds describe it, approved up front.
     let (s, v) = env.patch_ear(&g, json!({"requirePrivateNetworking": true})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, ep) = env
-        .atlas(
-            Method::POST,
-            &format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints"),
-            Some(json!({"regionName": "US_EAST_2"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{ep}");
-    let id = ep["id"].as_str().unwrap().to_string();
-    let ep_path = format!("/api/atlas/v2/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}");
-    let ep = wait_json(&env, &ep_path, "PENDING_ACCEPTANCE", |v| v["status"] == "PENDING_ACCEPTANCE").await;
-    let connection = ep["privateEndpointConnectionName"].as_str().unwrap().to_string();
-    let pe = env
-        .emulator_admin(
-            Method::POST,
-            "private-endpoints",
-            Some(json!({"vault": c.tenant.vault, "connectionName": connection})),
-        )
-        .await;
-    let (s, v) = env
-        .atlas(
-            Method::PATCH,
-            &format!("/api/atrest/v1/groups/{g}/encryptionAtRest/AZURE/privateEndpoints/{id}"),
-            Some(json!({"privateAddress": pe["address"]})),
-        )
-        .await;
+    let requested = nodes::request_private_endpoint(&env, &g).await;
+    let connection = requested.connection.clone();
+    let pe = nodes::create_azure_endpoint(&env, &requested, &c.tenant.vault).await;
+    let (s, v) = nodes::record_private_address(&env, &g, &requested, &pe["address"]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     c.tenant.customer.set_private_endpoint_connection(&c.tenant.vault_id, &connection, "Approved").await.unwrap();
     // The second key, made while the customer still reaches the vault publicly.

@@ -12,30 +12,18 @@
 //! moves 310 s ahead, so Key Vault (and Entra) see the cached token as expired while the
 //! control plane's own clock still counts it fresh.
 
+mod nodes;
 #[path = "../../control/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
 use atrest_emulator::scenario::roles;
-use atrest_node::runtime::{NodeOptions, NodeState, node_retry};
+use atrest_node::runtime::NodeState;
 use atrest_node::server::EmbeddedNode;
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::{Env, Options};
-
-async fn wait_state(node: &EmbeddedNode, want: NodeState, limit: Duration) -> atrest_node::Status {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let s = node.handle().gate().status();
-        if s.state == want {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not {want:?} within {limit:?}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::Env;
 
 /// The platform client's Entra token requests so far (the control plane's shared cache).
 fn entra_requests(env: &Env) -> u64 {
@@ -44,7 +32,7 @@ fn entra_requests(env: &Env) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_dropped_and_a_deleted_service_principal_shuts_the_node_down_with_the_fix() {
-    let env = Env::start_with(Options { node_check_interval_secs: 1, ..Options::default() }).await;
+    let env = Env::start_with(nodes::fast_checks()).await;
     // Short-lived tokens (Entra's minimum is 5 min), set before anything is issued.
     env.emulator_admin(Method::PATCH, "settings", Some(json!({"token_lifetime_secs": 300}))).await;
     let group = env.project("sp-deleted").await;
@@ -54,31 +42,12 @@ async fn a_refused_token_is_dropped_and_a_deleted_service_principal_shuts_the_no
     let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     env.create_cluster(&group, "Cluster0", 1).await;
-    let (s, v) = env
-        .atlas(
-            Method::POST,
-            &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/dataCredentials"),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let credential = v["credential"].as_str().unwrap().to_string();
-    let (s, v) = env
-        .atlas(Method::POST, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/joinTokens"), Some(json!({})))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let credential = nodes::data_credential(&env, &group, "Cluster0").await;
+    let token = nodes::join_token(&env, &group, "Cluster0").await;
     let dir = tempfile::tempdir().unwrap();
-    let opts = NodeOptions {
-        data_dir: dir.path().join("n"),
-        control_plane: env.url().to_string(),
-        control_plane_ca_pem: None,
-        join_token: Some(SecretString::from(v["token"].as_str().unwrap())),
-        data_url: String::new(),
-        azure: atrest_azure::TransportConfig::with_override(env.emu.addr(), env.emu.ca_pem()),
-        retry: node_retry(),
-    };
+    let opts = nodes::options(&env, &dir.path().join("n"), Some(token));
     let node = EmbeddedNode::start(opts, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    nodes::wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
     let http = reqwest::Client::new();
     let doc = format!("{}/v1/collections/c/documents/a", node.url());
     let r = http.put(&doc).bearer_auth(&credential).json(&json!({"a": 1})).send().await.unwrap();
@@ -112,7 +81,7 @@ async fn a_refused_token_is_dropped_and_a_deleted_service_principal_shuts_the_no
     // Key Vault accepts the token already issued until it expires; when it refuses it, Entra's
     // refusal reaches the node: shut down, with Entra's code and the fix.
     env.emulator_admin(Method::POST, "clock/shift", Some(json!({"seconds": 310}))).await;
-    let down = wait_state(&node, NodeState::ShutDown, Duration::from_secs(15)).await;
+    let down = nodes::wait_state(&node, NodeState::ShutDown, Duration::from_secs(15)).await;
     let err = down.last_error.expect("a shut-down node says why");
     assert_eq!(err.kind, "DENIED", "{err:?}");
     assert_eq!(err.azure_code.as_deref(), Some("AADSTS700016"), "{err:?}");
@@ -139,7 +108,7 @@ async fn a_refused_token_is_dropped_and_a_deleted_service_principal_shuts_the_no
     let sp = tenant.customer.create_service_principal(&app_id).await.unwrap();
     assert_ne!(sp, tenant.sp);
     tenant.customer.assign_role(&sp, roles::KEY_VAULT_CRYPTO_USER, &tenant.vault_id).await.unwrap();
-    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    nodes::wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
     let v: Value = http.get(&doc).bearer_auth(&credential).send().await.unwrap().json().await.unwrap();
     assert_eq!(v, json!({"a": 1}));
     node.shutdown().await;
@@ -150,7 +119,7 @@ async fn a_refused_token_is_dropped_and_a_deleted_service_principal_shuts_the_no
 /// handed out drops nothing (the node still gets the cached token, at no Entra cost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_refused_token_digest_is_refused_and_an_unknown_one_drops_nothing() {
-    let env = Env::start_with(Options { node_check_interval_secs: 1, ..Options::default() }).await;
+    let env = Env::start_with(nodes::fast_checks()).await;
     let group = env.project("digest").await;
     let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
     let role = env.register(&group, &tenant).await;
@@ -158,14 +127,11 @@ async fn a_bad_refused_token_digest_is_refused_and_an_unknown_one_drops_nothing(
     let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     env.create_cluster(&group, "Cluster0", 1).await;
-    let (s, v) = env
-        .atlas(Method::POST, &format!("/api/atrest/v1/groups/{group}/clusters/Cluster0/joinTokens"), Some(json!({})))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let token = nodes::join_token(&env, &group, "Cluster0").await;
     let r = env
         .http
         .post(format!("{}/api/atrest/v1/node/join", env.url()))
-        .json(&json!({"joinToken": v["token"], "dataUrl": "http://127.0.0.1:9"}))
+        .json(&json!({"joinToken": token, "dataUrl": "http://127.0.0.1:9"}))
         .send()
         .await
         .unwrap();
