@@ -22,6 +22,9 @@ use support::{Env, Options};
 
 const ATREST: &str = env!("CARGO_BIN_EXE_atrest");
 const LIMIT: Duration = Duration::from_secs(30);
+/// Written in every document; no file the nodes leave (data dirs, keystores, their stderr at
+/// debug level) may hold it.
+const MARKER: &str = "PLAINTEXT-MARKER-node-crash-5d1e9b";
 
 struct World {
     env: Env,
@@ -64,6 +67,8 @@ impl World {
             .arg("--azure-ca")
             .arg(&self.env.emu.info().ca_pem)
             .env("NO_COLOR", "1")
+            // Everything the node logs, so that the plaintext check covers it.
+            .env("ATREST_LOG", "debug")
             .env_remove("ATREST_JOIN_TOKEN");
         if let Some(t) = token {
             c.arg("--join-token").arg(t);
@@ -131,7 +136,7 @@ impl World {
             .http
             .put(format!("{}/v1/collections/crash/documents/{id}", node.url))
             .bearer_auth(&self.data_credential)
-            .json(&json!({"id": id}))
+            .json(&json!({"id": id, "m": MARKER}))
             .send()
             .await
             .unwrap();
@@ -149,7 +154,7 @@ impl World {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{what}: acknowledged write {id} is lost");
             let v: Value = r.json().await.unwrap();
-            assert_eq!(v, json!({"id": id}), "{what}");
+            assert_eq!(v, json!({"id": id, "m": MARKER}), "{what}");
         }
     }
 }
@@ -347,4 +352,39 @@ async fn a_node_killed_at_any_key_step_starts_again_with_its_data() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("has not joined a cluster"), "{stderr}");
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "rotate-master-key wrote into a dir that never joined");
+
+    // Nothing the nodes left holds a document, a credential or a token in clear: every file of
+    // every data dir (db, -wal, -shm, keystore.json, node.json, node-credential) and every
+    // node's stderr at debug level, across every crash, restart and rotation above.
+    let mut files = Vec::new();
+    let mut stack = vec![root.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let stderrs = files.iter().filter(|p| p.extension().is_some_and(|e| e == "stderr")).count();
+    assert!(stderrs >= 20 && files.len() > stderrs, "{} files, {stderrs} stderr logs", files.len());
+    let debug_lines = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "stderr"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default().lines().filter(|l| l.contains("DEBUG")).count())
+        .sum::<usize>();
+    assert!(debug_lines > 100, "the nodes did not log at debug level ({debug_lines} lines)");
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(MARKER.as_bytes()), "{} holds a document in clear", path.display());
+        assert!(!has(w.data_credential.as_bytes()), "{} holds the data credential", path.display());
+        if path.extension().is_some_and(|e| e == "stderr") {
+            // Access tokens are JWTs (base64url of `{"`); the node credential sits in its own
+            // 0600 file and nowhere else.
+            assert!(!has(b"eyJ"), "{} holds a token", path.display());
+        }
+    }
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use base64::Engine as _;
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -21,6 +22,29 @@ use atrest_node::{
 };
 
 const MARKER: &str = "MARKER-7f3a9c-plaintext-must-not-reach-disk";
+
+/// Every log line of this test binary, at trace level (every crate: the node, the azure client,
+/// hyper, rustls), kept to grep for key material.
+static LOGS: std::sync::LazyLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::LazyLock::new(|| {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let writer = move || LogSink(sink.clone());
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(writer).finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test binary");
+    buf
+});
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 struct World {
     _dir: tempfile::TempDir,
@@ -105,6 +129,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_restart_and_no_plaintext_on_disk() {
+    let logs = LOGS.clone();
     let w = world().await;
     let dir = node_dir(&w);
     assert!(Keystore::load(&dir).unwrap().is_none(), "no keystore before the first start");
@@ -164,6 +189,24 @@ async fn first_start_restart_and_no_plaintext_on_disk() {
     assert_eq!(doc.version, 2);
     assert!(doc.body.contains(MARKER));
     store.check(&w.kv, &unlocked).await.unwrap();
+
+    // Nor does any log line: the master key travelled to Key Vault's encrypt in base64url, and
+    // the client, hyper and rustls logged at trace level throughout.
+    let logged = logs.lock().unwrap().clone();
+    assert!(logged.len() > 10_000, "the test captured no logs ({} bytes)", logged.len());
+    let (_, data_key) = unlocked.data_keys().current();
+    let b64 = |k: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k).into_bytes();
+    for (what, needle) in [
+        ("marker", MARKER.as_bytes().to_vec()),
+        ("master key", unlocked.master().expose().to_vec()),
+        ("master key hex", hex::encode(unlocked.master().expose()).into_bytes()),
+        ("master key base64url", b64(unlocked.master().expose())),
+        ("data key", data_key.expose().to_vec()),
+        ("data key hex", hex::encode(data_key.expose()).into_bytes()),
+        ("data key base64url", b64(data_key.expose())),
+    ] {
+        assert!(!contains(&logged, &needle), "{what} found in the logs");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
