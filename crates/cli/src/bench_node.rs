@@ -77,7 +77,20 @@ struct Project {
     group: String,
     role: String,
     tenant: usize,
+    /// `Cluster0`'s data credential.
     credential: String,
+    /// The cluster of each of the project's nodes, in join order.
+    clusters: Vec<String>,
+}
+
+/// Cluster sizes for `n` nodes: a replica set has 1, 3, 5 or 7 electable nodes, so larger
+/// counts are split into clusters of 5.
+fn cluster_sizes(n: usize) -> anyhow::Result<Vec<usize>> {
+    match n {
+        1 | 3 | 5 | 7 => Ok(vec![n]),
+        _ if n.is_multiple_of(5) => Ok(vec![5; n / 5]),
+        _ => bail!("{n} nodes per project: use 1, 3, 5, 7 or a multiple of 5 (clusters of 5)"),
+    }
 }
 
 impl World {
@@ -176,8 +189,8 @@ impl World {
         }})
     }
 
-    /// The seeds' flow for a new project on `t`'s key (register, PATCH), then a cluster of
-    /// `nodes` nodes and a data credential.
+    /// The seeds' flow for a new project on `t`'s key (register, PATCH), then clusters
+    /// `Cluster0`, `Cluster1`, ... for `nodes` nodes and a data credential for `Cluster0`.
     async fn project(&self, name: &str, tenants: &[Tenant], ti: usize, nodes: usize) -> anyhow::Result<Project> {
         let t = &tenants[ti];
         let g = self
@@ -198,19 +211,24 @@ impl World {
             Some(World::ear_block(t, &role, &t.kid)),
         )
         .await?;
-        self.atlas_with(
-            Method::POST,
-            &format!("/api/atlas/v2/groups/{group}/clusters"),
-            Some(json!({
-                "name": CLUSTER,
-                "clusterType": "REPLICASET",
-                "encryptionAtRestProvider": "AZURE",
-                "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
-                    "electableSpecs": {"instanceSize": "M10", "nodeCount": nodes}}]}],
-            })),
-            CLUSTERS_ACCEPT,
-        )
-        .await?;
+        let mut clusters = Vec::new();
+        for (i, size) in cluster_sizes(nodes)?.into_iter().enumerate() {
+            let cluster = format!("Cluster{i}");
+            self.atlas_with(
+                Method::POST,
+                &format!("/api/atlas/v2/groups/{group}/clusters"),
+                Some(json!({
+                    "name": cluster,
+                    "clusterType": "REPLICASET",
+                    "encryptionAtRestProvider": "AZURE",
+                    "replicationSpecs": [{"regionConfigs": [{"providerName": "AZURE", "regionName": "US_EAST_2", "priority": 7,
+                        "electableSpecs": {"instanceSize": "M10", "nodeCount": size}}]}],
+                })),
+                CLUSTERS_ACCEPT,
+            )
+            .await?;
+            clusters.extend(std::iter::repeat_n(cluster, size));
+        }
         let c = self
             .atlas(
                 Method::POST,
@@ -219,14 +237,16 @@ impl World {
             )
             .await?;
         let credential = c["credential"].as_str().context("credential")?.to_string();
-        Ok(Project { group, role, tenant: ti, credential })
+        Ok(Project { group, role, tenant: ti, credential, clusters })
     }
 
-    async fn join_token(&self, group: &str) -> anyhow::Result<String> {
+    /// A join token for the `k`-th node of project `p` (its cluster).
+    async fn join_token(&self, p: &Project, k: usize) -> anyhow::Result<String> {
+        let cluster = p.clusters.get(k).context("more nodes than the project's clusters have")?;
         let v = self
             .atlas(
                 Method::POST,
-                &format!("/api/atrest/v1/groups/{group}/clusters/{CLUSTER}/joinTokens"),
+                &format!("/api/atrest/v1/groups/{}/clusters/{cluster}/joinTokens", p.group),
                 Some(json!({})),
             )
             .await?;
@@ -401,7 +421,7 @@ pub async fn key_vault_calls(nodes: usize, ops: u64, checks: u64, concurrency: u
     w.reset_requests().await?;
     for i in 0..nodes {
         let dir = w.dir.path().join(format!("node-{i}"));
-        let token = w.join_token(&p.group).await?;
+        let token = w.join_token(&p, i).await?;
         let node = EmbeddedNode::start(w.node_options(&dir, 0, Some(token)), "127.0.0.1:0".parse()?).await?;
         wait_state(&node, NodeState::Serving, Duration::from_secs(60)).await?;
         dirs.push(dir);
@@ -559,7 +579,7 @@ pub async fn revocation(rounds: usize, nodes: usize, interval_secs: u64, grace_s
     let p = w.project("revocation", &tenants, 0, nodes).await?;
     let mut running = Vec::new();
     for i in 0..nodes {
-        let token = w.join_token(&p.group).await?;
+        let token = w.join_token(&p, i).await?;
         let dir = w.dir.path().join(format!("node-{i}"));
         let node = EmbeddedNode::start(w.node_options(&dir, 0, Some(token)), "127.0.0.1:0".parse()?).await?;
         wait_state(&node, NodeState::Serving, Duration::from_secs(60)).await?;
@@ -635,14 +655,14 @@ fn raise_fd_limit(need: u64) -> anyhow::Result<u64> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             bail!("getrlimit: {}", std::io::Error::last_os_error());
         }
-        if (lim.rlim_cur as u64) < need && lim.rlim_cur < lim.rlim_max {
+        if lim.rlim_cur < need && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 bail!("setrlimit: {}", std::io::Error::last_os_error());
             }
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// One fleet run against `replicas` control planes (1: embedded SQLite; 2: PostgreSQL).
@@ -678,11 +698,17 @@ async fn fleet_run(
     let started = Instant::now();
     let mut fleet: Vec<(usize, EmbeddedNode)> = Vec::new();
     let mut joins = Vec::new();
+    // Which (replica, tenant) pairs need a Key Vault token: replica 0 for every tenant (the
+    // PATCHes go through it), and each replica for the tenants of the nodes it serves.
+    let mut pairs: std::collections::HashSet<(usize, usize)> = (0..tenants_n).map(|t| (0, t)).collect();
     for i in 0..nodes {
         let pi = i % tenants_n;
-        let token = w.join_token(&projects[pi].group).await?;
+        // Each tenant's nodes are split between the replicas.
+        let replica = (i / tenants_n) % replicas;
+        pairs.insert((replica, projects[pi].tenant));
+        let token = w.join_token(&projects[pi], i / tenants_n).await?;
         let dir = w.dir.path().join(format!("node-{i}"));
-        joins.push((pi, w.node_options(&dir, i, Some(token))));
+        joins.push((pi, w.node_options(&dir, replica, Some(token))));
     }
     // Joined a few at a time, as a fleet rolls out.
     let mut pending = joins.into_iter();
@@ -803,19 +829,19 @@ async fn fleet_run(
     w.shutdown().await;
 
     let tokens = counts.vault_tokens(&app);
-    let want_tokens = (tenants_n * replicas) as u64;
+    let want_tokens = pairs.len() as u64;
     let reach = sorted(reach);
     println!(
-        "[{label}] {nodes} nodes in {tenants_n} tenants ({per} per cluster), check interval {interval_secs} s, joined and SERVING in {join_secs:.1} s; {serving}/{nodes} serving at the end"
+        "[{label}] {nodes} nodes in {tenants_n} tenants ({per} per project, in clusters of at most 7), check interval {interval_secs} s, joined and SERVING in {join_secs:.1} s; {serving}/{nodes} serving at the end"
     );
     println!(
         "[{label}] Entra Key Vault token requests over the run ({elapsed_total:.0} s, inside one token lifetime): {tokens} (expected {want_tokens}: one per tenant{}); all Azure requests: {}",
-        if replicas > 1 { " per replica, each keeps its own token cache" } else { "" },
+        if replicas > 1 { " per replica serving it: each replica keeps its own token cache" } else { "" },
         counts.summary()
     );
     println!(
         "[{label}] target: exactly {tenants_n} per token lifetime{}: {}",
-        if replicas > 1 { " per replica" } else { "" },
+        if replicas > 1 { format!(" per replica ({want_tokens} for {replicas})") } else { String::new() },
         met(tokens == want_tokens)
     );
     println!(
