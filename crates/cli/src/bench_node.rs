@@ -665,6 +665,17 @@ fn raise_fd_limit(need: u64) -> anyhow::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// User + system CPU seconds this process has used.
+fn cpu_secs() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct passed.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// One fleet run against `replicas` control planes (1: embedded SQLite; 2: PostgreSQL).
 async fn fleet_run(
     nodes: usize,
@@ -731,12 +742,15 @@ async fn fleet_run(
     let join_secs = started.elapsed().as_secs_f64();
     eprintln!("[{label}] {nodes} nodes SERVING after {join_secs:.1} s; measuring check-ins for {seconds} s ...");
 
-    // Check-ins the fleet makes by itself.
+    // Check-ins the fleet makes by itself, and the CPU this process (nodes, emulator, control
+    // plane(s); not PostgreSQL's processes) spends meanwhile.
     let (p0, r0) = w.check_ins();
+    let cpu0 = cpu_secs();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (p1, r1) = w.check_ins();
     let fleet_secs = t0.elapsed().as_secs_f64();
+    let fleet_cpu = (cpu_secs() - cpu0) / fleet_secs;
     let fleet_rate = ((p1 - p0) + (r1 - r0)) as f64 / fleet_secs;
 
     // Then as many more as 64 extra callers can make with nodes' own credentials (a config poll
@@ -845,7 +859,7 @@ async fn fleet_run(
         met(tokens == want_tokens)
     );
     println!(
-        "[{label}] check-ins by the fleet alone: {fleet_rate:.0}/s ({} config polls + {} status reports in {fleet_secs:.1} s; offered: {:.0} reports/s)",
+        "[{label}] check-ins by the fleet alone: {fleet_rate:.0}/s ({} config polls + {} status reports in {fleet_secs:.1} s; offered: {:.0} reports/s); this process used {fleet_cpu:.2} cores meanwhile ({nodes} waiting config long-polls, each re-read about once a second, included)",
         p1 - p0,
         r1 - r0,
         nodes as f64 / interval_secs as f64
