@@ -667,8 +667,9 @@ fn raise_fd_limit(need: u64) -> anyhow::Result<u64> {
 
 /// User + system CPU seconds this process has used.
 fn cpu_secs() -> f64 {
+    // SAFETY: `rusage` is plain integers, for which all-zero is a valid value; getrusage only
+    // writes the struct passed.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage only writes the struct passed.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return f64::NAN;
     }
