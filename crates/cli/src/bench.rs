@@ -59,6 +59,51 @@ pub enum Which {
         #[arg(long, default_value_t = 10)]
         tenants: usize,
     },
+    /// Data nodes' Key Vault calls from the emulator's request counts: 1 token (fetched by the
+    /// control plane) + 1 decrypt per node start, 0 per data operation over OPS operations, 1
+    /// decrypt per node per check (CHECKS triggered checks).
+    KeyVaultCalls {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        #[arg(long, default_value_t = 5)]
+        checks: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Revocation to refusal: ROUNDS removals of Key Vault Crypto User through ARM; p50 and max
+    /// time from the DELETE's response until the data API answers 503 (target: <= interval +
+    /// grace + 1 s).
+    Revocation {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1)]
+        interval_secs: u64,
+        #[arg(long, default_value_t = 0)]
+        grace_secs: u64,
+    },
+    /// NODES nodes in TENANTS tenants against one control plane, then two replicas on
+    /// PostgreSQL: Entra token requests (target: one per tenant), check-ins per second, and the
+    /// time for a PATCH to reach every node.
+    Fleet {
+        #[arg(long, default_value_t = 300)]
+        nodes: usize,
+        #[arg(long, default_value_t = 30)]
+        tenants: usize,
+        /// Seconds per check-in measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 5)]
+        patches: usize,
+        #[arg(long, default_value_t = 1)]
+        interval_secs: u64,
+        /// Only the two-replica run.
+        #[arg(long)]
+        replicas_only: bool,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -68,6 +113,15 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::ControlRead { seconds, concurrency } => crate::bench_control::control_read(seconds, concurrency).await,
         Which::PatchRoundTrips { latency_ms, runs } => crate::bench_control::patch_round_trips(latency_ms, runs).await,
         Which::ControlTokens { projects, tenants } => crate::bench_control::control_tokens(projects, tenants).await,
+        Which::KeyVaultCalls { nodes, ops, checks, concurrency } => {
+            crate::bench_node::key_vault_calls(nodes, ops, checks, concurrency).await
+        }
+        Which::Revocation { rounds, nodes, interval_secs, grace_secs } => {
+            crate::bench_node::revocation(rounds, nodes, interval_secs, grace_secs).await
+        }
+        Which::Fleet { nodes, tenants, seconds, patches, interval_secs, replicas_only } => {
+            crate::bench_node::fleet(nodes, tenants, seconds, patches, interval_secs, replicas_only).await
+        }
     }
 }
 

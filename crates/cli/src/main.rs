@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_control;
+mod bench_node;
 mod control;
 mod demo;
 mod demo_cluster;

@@ -1,6 +1,6 @@
 //! The admin API under `/_emulator/`, for what Azure has no API for: creating tenants,
 //! registering applications with credentials, tuning time and RBAC propagation, injecting
-//! faults and throttles, and opening private-endpoint listeners. Documented in
+//! faults and throttles, counting requests, and opening private-endpoint listeners. Documented in
 //! `docs/emulator.md`.
 //!
 //! It is reachable on every host name (and on the loopback address) and authenticated like ARM:
@@ -215,6 +215,9 @@ async fn handle(ctx: &Ctx, req: Request) -> Result<Response> {
             Ok(json_response(StatusCode::OK, json!({"removed": removed})))
         }
         (["faults"], _) => nope(),
+        (["requests"], &Method::GET) => Ok(json_response(StatusCode::OK, ctx.requests.to_json())),
+        (["requests"], &Method::DELETE) => Ok(json_response(StatusCode::OK, json!({"removed": ctx.requests.reset()}))),
+        (["requests"], _) => nope(),
         (["faults", id], &Method::GET) => get_fault(ctx, id),
         (["faults", id], &Method::DELETE) => delete_fault(ctx, id),
         (["faults", _], _) => nope(),
@@ -255,6 +258,7 @@ fn index() -> Response {
                 "POST /_emulator/clock/shift",
                 "POST /_emulator/faults", "GET /_emulator/faults", "GET /_emulator/faults/{id}",
                 "DELETE /_emulator/faults/{id}", "DELETE /_emulator/faults",
+                "GET /_emulator/requests", "DELETE /_emulator/requests",
                 "PUT /_emulator/vaults/{vault}/throttle", "GET /_emulator/vaults/{vault}/throttle",
                 "DELETE /_emulator/vaults/{vault}/throttle",
                 "POST /_emulator/vaults/{vault}/keys/{name}/versions/{version}/backdate",

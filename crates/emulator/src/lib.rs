@@ -19,6 +19,7 @@ pub mod graph;
 mod http;
 pub mod keyvault;
 mod persist;
+pub mod requests;
 pub mod scenario;
 pub mod server;
 pub mod state;
@@ -101,6 +102,8 @@ pub struct Inner {
     pub throttles: Mutex<HashMap<String, ThrottleState>>,
     /// Running private-endpoint listeners: id → (port, task).
     pub private_listeners: Mutex<HashMap<Uuid, (u16, tokio::task::AbortHandle)>>,
+    /// Requests counted by surface and operation (runtime only; `GET /_emulator/requests`).
+    pub requests: requests::RequestLog,
     pub key_cache: keyvault::KeyCache,
     pub issuers: entra::IssuerCache,
     pub listen_addr: RwLock<Option<SocketAddr>>,
@@ -227,6 +230,7 @@ impl Emulator {
             faults: Mutex::new(Vec::new()),
             throttles: Mutex::new(HashMap::new()),
             private_listeners: Mutex::new(HashMap::new()),
+            requests: requests::RequestLog::default(),
             key_cache: keyvault::KeyCache::default(),
             issuers: entra::IssuerCache::default(),
             listen_addr: RwLock::new(None),

@@ -214,6 +214,27 @@ async fn dispatch(
     sni: Option<String>,
     listener: ListenerKind,
 ) -> Result<Response<Body>, std::io::Error> {
+    let (host, _) = request_host(&req, sni.as_deref());
+    let mut key = route_for(&host, req.uri().path())
+        .and_then(|(_, route)| crate::requests::classify(&route, req.method(), req.uri().path()));
+    let out = dispatch_routed(&ctx, req, peer, sni, listener, &mut key).await;
+    // Counted once answered (or dropped), so that `errors` tells refused requests apart.
+    if let Some(key) = key {
+        let ok = out.as_ref().is_ok_and(|r| r.status().as_u16() < 400);
+        ctx.requests.record(key, ok);
+    }
+    out
+}
+
+async fn dispatch_routed(
+    ctx: &Ctx,
+    req: Request<Body>,
+    peer: SocketAddr,
+    sni: Option<String>,
+    listener: ListenerKind,
+    key: &mut Option<crate::requests::RequestKey>,
+) -> Result<Response<Body>, std::io::Error> {
+    let ctx = ctx.clone();
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -274,6 +295,9 @@ async fn dispatch(
             return Err(std::io::Error::other("client body error"));
         }
     };
+    if let Some(k) = key.as_mut() {
+        crate::requests::fill_token_fields(k, &bytes);
+    }
     parts.extensions.insert(RequestInfo {
         cloud,
         host: host.clone(),

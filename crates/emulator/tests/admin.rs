@@ -864,3 +864,106 @@ async fn a_pending_connection_is_listed_on_the_vault_and_approved_rejected_or_de
     let r = admin(&t, &tok, Method::GET, &format!("private-endpoints/{endpoint}"), None).await;
     assert_eq!(r.body["connectionStatus"], "Disconnected");
 }
+
+#[tokio::test]
+async fn requests_are_counted_by_service_operation_tenant_scope_and_vault() {
+    use atrest_emulator::scenario::{Azure, Customer, VaultAuth};
+    use reqwest::Method;
+    let t = TestEmu::start().await;
+    let tok = admin_token(&t).await;
+    let az = Azure::new(t.http.clone());
+    let customer = Customer::create(&az, t.bootstrap(), "Counted").await.unwrap();
+    customer.create_resource_group("rg").await.unwrap();
+    customer.create_vault("rg", "countedkv", VaultAuth::Rbac, true).await.unwrap();
+    let kid = customer.create_key("countedkv", "cmk", None).await.unwrap();
+
+    // Reset: the setup's requests were counted (tokens, ARM, Key Vault); the admin API's are not.
+    let r = admin(&t, &tok, Method::DELETE, "requests", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["removed"].as_u64().unwrap() >= 4, "{}", r.body);
+    let r = admin(&t, &tok, Method::GET, "requests", None).await;
+    assert_eq!((r.body["total"].clone(), r.body["value"].clone()), (json!(0), json!([])), "{}", r.body);
+
+    let admin_id = customer.admin.client_id.to_ascii_lowercase();
+    let (s, v) = token(&t, customer.tenant_id(), &admin_id, &customer.admin.client_secret, VAULT_SCOPE).await;
+    assert_eq!(s, 200, "{v}");
+    let vtok = v["access_token"].as_str().unwrap().to_string();
+    let mut ciphertext = Value::Null;
+    for _ in 0..3 {
+        let body = json!({"alg": "RSA-OAEP-256", "value": URL_SAFE_NO_PAD.encode([7u8; 32])});
+        let r = call(&t, Method::POST, &format!("{kid}/encrypt?api-version=7.5"), Some(&vtok), Some(body)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        ciphertext = r.body["value"].clone();
+    }
+    let good = json!({"alg": "RSA-OAEP-256", "value": ciphertext});
+    let r = call(&t, Method::POST, &format!("{kid}/decrypt?api-version=7.5"), Some(&vtok), Some(good)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bad = json!({"alg": "RSA-OAEP-256", "value": "not base64url!"});
+    let r = call(&t, Method::POST, &format!("{kid}/decrypt?api-version=7.5"), Some(&vtok), Some(bad)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = call(&t, Method::GET, &format!("{kid}?api-version=7.5"), Some(&vtok), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A request an injected fault answers is counted too, as an error.
+    let f = admin(
+        &t,
+        &tok,
+        Method::POST,
+        "faults",
+        Some(json!({"vault": "countedkv", "kind": {"kind": "server_error", "status": 503}, "count": 1})),
+    )
+    .await;
+    assert_eq!(f.status, 201, "{}", f.body);
+    let r = call(&t, Method::GET, &format!("{kid}?api-version=7.5"), Some(&vtok), None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+
+    let r = admin(&t, &tok, Method::GET, "requests", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["total"], 8, "{}", r.body);
+    assert_eq!(
+        r.body["value"],
+        json!([
+            {"service": "entra", "operation": "token", "tenant": customer.tenant_id(), "scope": VAULT_SCOPE, "client_id": admin_id, "count": 1, "errors": 0},
+            {"service": "keyvault", "operation": "decrypt", "vault": "countedkv", "count": 2, "errors": 1},
+            {"service": "keyvault", "operation": "encrypt", "vault": "countedkv", "count": 3, "errors": 0},
+            {"service": "keyvault", "operation": "get-key", "vault": "countedkv", "count": 2, "errors": 1},
+        ]),
+        "{}",
+        r.body
+    );
+    assert!(r.body["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{}", r.body);
+
+    // ARM operations are named by method and resource type (the customer's call fetches its
+    // ARM token first).
+    admin(&t, &tok, Method::DELETE, "requests", None).await;
+    customer.create_resource_group("rg2").await.unwrap();
+    let r = admin(&t, &tok, Method::GET, "requests", None).await;
+    assert_eq!(
+        r.body["value"],
+        json!([
+            {"service": "arm", "operation": "PUT resourcegroups", "count": 1, "errors": 0},
+            {"service": "entra", "operation": "token", "tenant": customer.tenant_id(), "scope": ARM_SCOPE, "client_id": admin_id, "count": 1, "errors": 0},
+        ]),
+        "{}",
+        r.body
+    );
+
+    // Reset answers how many were counted; the admin API's own calls never are.
+    let r = admin(&t, &tok, Method::DELETE, "requests", None).await;
+    assert_eq!(r.body, json!({"removed": r.body["removed"].as_u64().filter(|n| *n >= 1).unwrap()}));
+    for _ in 0..3 {
+        admin(&t, &tok, Method::GET, "requests", None).await;
+    }
+    let r = admin(&t, &tok, Method::GET, "requests", None).await;
+    assert_eq!(r.body["total"], 0, "{}", r.body);
+
+    // Who may call it and which methods it has, like every admin route.
+    let r = call(&t, Method::GET, "https://management.azure.com/_emulator/requests", None, None).await;
+    assert_arm_error(&r, 401, "AuthenticationFailed");
+    let r = admin(&t, &tok, Method::PUT, "requests", Some(json!({}))).await;
+    assert_arm_error(&r, 405, "MethodNotAllowed");
+    let r = admin(&t, &tok, Method::GET, "", None).await;
+    let routes = r.body["routes"].as_array().unwrap();
+    assert!(
+        routes.contains(&json!("GET /_emulator/requests")) && routes.contains(&json!("DELETE /_emulator/requests"))
+    );
+}
