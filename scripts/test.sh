@@ -131,6 +131,9 @@ grep -q "until the data API refuses (503): p50" "$WORK/bench-revocation.out"
 grep -q "(SQLite)\] target: exactly 2 per token lifetime: MET" "$WORK/bench-fleet.out"
 grep -q "PostgreSQL\] target: exactly 2 per token lifetime per replica (4 for 2): MET" "$WORK/bench-fleet.out"
 grep -q "no check-in failed: MET" "$WORK/bench-fleet.out"
+# The storage overhead is a timing (release figures in BENCHMARKS.md): only that both engines run.
+cargo run -q --locked -p atrest-node --example storage_overhead -- 2000 1 | tee "$WORK/bench-storage.out"
+grep -q "^median ratio write-heavy: " "$WORK/bench-storage.out"
 
 step "atrest up (the README's run command) on a fresh data dir, then again on the same one"
 "$ATREST" up --data-dir "$WORK/up" --no-wait >"$WORK/up.out" 2>"$WORK/up.err"
