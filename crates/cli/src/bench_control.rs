@@ -28,13 +28,44 @@ struct World {
     org: OrgId,
 }
 
-/// A customer tenant with the platform's service principal, a vault, a key, and the seeds' grants.
-struct Tenant {
-    customer: Customer,
-    sp: String,
-    rg: String,
-    vault: String,
-    kid: String,
+/// A customer tenant with the platform's service principal, a vault, a key and the seeds'
+/// grants (Reader and Key Vault Crypto User on the vault). Shared with the node benchmarks.
+pub(crate) struct Tenant {
+    pub customer: Customer,
+    pub sp: String,
+    pub rg: String,
+    pub vault: String,
+    pub vault_id: String,
+    pub kid: String,
+    /// The Key Vault Crypto User assignment (delete it to revoke).
+    pub crypto_assignment: String,
+}
+
+/// Customer tenant `i`, made through the emulator's public surfaces as the customer's admin.
+pub(crate) async fn new_tenant(
+    az: &Azure,
+    emu: &Emulator,
+    platform: &scenario::Platform,
+    i: usize,
+) -> anyhow::Result<Tenant> {
+    let customer = Customer::create(az, &emu.info().bootstrap, &format!("Customer {i}")).await?;
+    let sp = customer.create_service_principal(&platform.app_id).await?;
+    let rg = "bench-rg".to_string();
+    customer.create_resource_group(&rg).await?;
+    let vault = format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let vault_id = customer.create_vault(&rg, &vault, VaultAuth::Rbac, true).await?;
+    let kid = customer.create_key(&vault, "cmk", None).await?;
+    customer.assign_role(&sp, scenario::roles::READER, &vault_id).await?;
+    let crypto_assignment = customer.assign_role(&sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &vault_id).await?;
+    Ok(Tenant { customer, sp, rg, vault, vault_id, kid, crypto_assignment })
+}
+
+/// The PATCH body for a project on `t`'s vault with role `role` and key `kid`.
+pub(crate) fn ear_block(t: &Tenant, role: &str, kid: &str) -> Value {
+    json!({"azureKeyVault": {
+        "enabled": true, "roleId": role, "subscriptionID": t.customer.subscription_id(),
+        "resourceGroupName": t.rg, "keyVaultName": t.vault, "keyIdentifier": kid, "azureEnvironment": "AZURE",
+    }})
 }
 
 impl World {
@@ -96,16 +127,7 @@ impl World {
     }
 
     async fn tenant(&self, i: usize) -> anyhow::Result<Tenant> {
-        let customer = Customer::create(&self.az, &self.emu.info().bootstrap, &format!("Customer {i}")).await?;
-        let sp = customer.create_service_principal(&self.platform.app_id).await?;
-        let rg = "bench-rg".to_string();
-        customer.create_resource_group(&rg).await?;
-        let vault = format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let vault_id = customer.create_vault(&rg, &vault, VaultAuth::Rbac, true).await?;
-        let kid = customer.create_key(&vault, "cmk", None).await?;
-        customer.assign_role(&sp, scenario::roles::READER, &vault_id).await?;
-        customer.assign_role(&sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &vault_id).await?;
-        Ok(Tenant { customer, sp, rg, vault, kid })
+        new_tenant(&self.az, &self.emu, &self.platform, i).await
     }
 
     /// A project using `t`'s key with a registered role; returns (group id, role id).
@@ -126,13 +148,6 @@ impl World {
             )
             .await?;
         Ok((group, r["_id"].as_str().context("_id")?.to_string()))
-    }
-
-    fn ear_block(t: &Tenant, role: &str, kid: &str) -> Value {
-        json!({"azureKeyVault": {
-            "enabled": true, "roleId": role, "subscriptionID": t.customer.subscription_id(),
-            "resourceGroupName": t.rg, "keyVaultName": t.vault, "keyIdentifier": kid, "azureEnvironment": "AZURE",
-        }})
     }
 
     async fn shutdown(self) {
@@ -173,7 +188,7 @@ pub async fn control_read(seconds: u64, concurrency: usize) -> anyhow::Result<()
     w.atlas(
         reqwest::Method::PATCH,
         &format!("/api/atlas/v2/groups/{group}/encryptionAtRest"),
-        Some(World::ear_block(&t, &role, &t.kid)),
+        Some(ear_block(&t, &role, &t.kid)),
     )
     .await?;
     let ear = format!("/api/atlas/v2/groups/{group}/encryptionAtRest");
@@ -204,12 +219,12 @@ pub async fn patch_round_trips(latency_ms: u64, runs: usize) -> anyhow::Result<(
     let unversioned = t.kid.rsplit_once('/').map(|(a, _)| a.to_string()).context("kid")?;
     let path = format!("/api/atlas/v2/groups/{group}/encryptionAtRest");
     // Warm the token cache and the connection pool.
-    w.atlas(reqwest::Method::PATCH, &path, Some(World::ear_block(&t, &role, &t.kid))).await?;
+    w.atlas(reqwest::Method::PATCH, &path, Some(ear_block(&t, &role, &t.kid))).await?;
     let mut flip = false;
     let mut patch = || {
         flip = !flip;
         let kid = if flip { unversioned.clone() } else { t.kid.clone() };
-        World::ear_block(&t, &role, &kid)
+        ear_block(&t, &role, &kid)
     };
     let mut time_patches = async |n: usize| -> anyhow::Result<Vec<f64>> {
         let mut out = Vec::new();
@@ -271,7 +286,7 @@ pub async fn control_tokens(projects: usize, tenants: usize) -> anyhow::Result<(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for ((group, role), ti) in ps.iter().cloned() {
-        let body = World::ear_block(&ts[ti], &role, &ts[ti].kid);
+        let body = ear_block(&ts[ti], &role, &ts[ti].kid);
         let (http, url, token) = (
             w.http.clone(),
             format!("{}/api/atlas/v2/groups/{group}/encryptionAtRest", w.control.url()),

@@ -20,11 +20,13 @@ use serde_json::{Value, json};
 use atrest_azure::{CacheKey, TransportConfig};
 use atrest_control::{Config, ControlPlane};
 use atrest_domain::{AzureEnvironment, AzureUuid};
-use atrest_emulator::scenario::{self, Azure, Customer, VaultAuth};
+use atrest_emulator::scenario::{self, Azure};
 use atrest_emulator::{Emulator, EmulatorConfig};
 use atrest_node::runtime::{NodeOptions, NodeState, node_retry};
 use atrest_node::server::EmbeddedNode;
 use atrest_store::{OrgId, Organization, Roles};
+
+use crate::bench_control::{Tenant, ear_block, new_tenant};
 
 const ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
 const CLUSTERS_ACCEPT: &str = "application/vnd.atlas.2024-08-05+json";
@@ -58,18 +60,6 @@ struct World {
     /// The bootstrap principal's ARM token for the admin API, fetched once before anything is
     /// counted (a fetch per admin call would count in the Entra figures).
     admin_token: String,
-}
-
-/// A customer tenant with the platform's service principal, a vault, a key and the seeds'
-/// grants (Reader and Key Vault Crypto User on the vault).
-struct Tenant {
-    customer: Customer,
-    sp: String,
-    rg: String,
-    vault: String,
-    vault_id: String,
-    kid: String,
-    crypto_assignment: String,
 }
 
 /// A project on a tenant's key with one cluster and its data credential.
@@ -170,23 +160,7 @@ impl World {
     }
 
     async fn tenant(&self, i: usize) -> anyhow::Result<Tenant> {
-        let customer = Customer::create(&self.az, &self.emu.info().bootstrap, &format!("Customer {i}")).await?;
-        let sp = customer.create_service_principal(&self.platform.app_id).await?;
-        let rg = "bench-rg".to_string();
-        customer.create_resource_group(&rg).await?;
-        let vault = format!("n{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let vault_id = customer.create_vault(&rg, &vault, VaultAuth::Rbac, true).await?;
-        let kid = customer.create_key(&vault, "cmk", None).await?;
-        customer.assign_role(&sp, scenario::roles::READER, &vault_id).await?;
-        let crypto_assignment = customer.assign_role(&sp, scenario::roles::KEY_VAULT_CRYPTO_USER, &vault_id).await?;
-        Ok(Tenant { customer, sp, rg, vault, vault_id, kid, crypto_assignment })
-    }
-
-    fn ear_block(t: &Tenant, role: &str, kid: &str) -> Value {
-        json!({"azureKeyVault": {
-            "enabled": true, "roleId": role, "subscriptionID": t.customer.subscription_id(),
-            "resourceGroupName": t.rg, "keyVaultName": t.vault, "keyIdentifier": kid, "azureEnvironment": "AZURE",
-        }})
+        new_tenant(&self.az, &self.emu, &self.platform, i).await
     }
 
     /// The seeds' flow for a new project on `t`'s key (register, PATCH), then clusters
@@ -208,7 +182,7 @@ impl World {
         self.atlas(
             Method::PATCH,
             &format!("/api/atlas/v2/groups/{group}/encryptionAtRest"),
-            Some(World::ear_block(t, &role, &t.kid)),
+            Some(ear_block(t, &role, &t.kid)),
         )
         .await?;
         let mut clusters = Vec::new();
@@ -820,7 +794,7 @@ async fn fleet_run(
         w.atlas(
             Method::PATCH,
             &format!("/api/atlas/v2/groups/{}/encryptionAtRest", p.group),
-            Some(World::ear_block(t, &p.role, &kid)),
+            Some(ear_block(t, &p.role, &kid)),
         )
         .await?;
         let t0 = Instant::now();
