@@ -35,14 +35,8 @@ async fn a_refused_token_is_dropped_and_a_deleted_service_principal_shuts_the_no
     let env = Env::start_with(nodes::fast_checks()).await;
     // Short-lived tokens (Entra's minimum is 5 min), set before anything is issued.
     env.emulator_admin(Method::PATCH, "settings", Some(json!({"token_lifetime_secs": 300}))).await;
-    let group = env.project("sp-deleted").await;
-    let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
-    let role = env.register(&group, &tenant).await;
-    tenant.grant_rbac().await;
-    let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    env.create_cluster(&group, "Cluster0", 1).await;
-    let credential = nodes::data_credential(&env, &group, "Cluster0").await;
+    let nodes::Cluster { group, tenant, data_credential: credential, .. } =
+        nodes::cluster(&env, "sp-deleted", 1, false).await;
     let token = nodes::join_token(&env, &group, "Cluster0").await;
     let dir = tempfile::tempdir().unwrap();
     let opts = nodes::options(&env, &dir.path().join("n"), Some(token));
@@ -120,13 +114,7 @@ async fn a_refused_token_is_dropped_and_a_deleted_service_principal_shuts_the_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_refused_token_digest_is_refused_and_an_unknown_one_drops_nothing() {
     let env = Env::start_with(nodes::fast_checks()).await;
-    let group = env.project("digest").await;
-    let tenant = env.tenant(atrest_emulator::scenario::VaultAuth::Rbac).await;
-    let role = env.register(&group, &tenant).await;
-    tenant.grant_rbac().await;
-    let (s, v) = env.patch_ear(&group, tenant.ear_block(&role)).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    env.create_cluster(&group, "Cluster0", 1).await;
+    let group = nodes::cluster(&env, "digest", 1, false).await.group;
     let token = nodes::join_token(&env, &group, "Cluster0").await;
     let r = env
         .http
