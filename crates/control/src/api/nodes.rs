@@ -698,12 +698,11 @@ async fn status(
                 .collect();
             let state_name = derive_state(cluster, nodes);
             let was = before.map(|r| r.state.as_str());
-            transitioned = match (was, st.as_str()) {
-                (Some("SHUT_DOWN"), "SHUT_DOWN") => false,
-                (_, "SHUT_DOWN") | (Some("SHUT_DOWN"), "SERVING") => true,
-                _ => false,
-            };
-            let events = transition_event(&st, was).map(|(type_name, detail)| {
+            let event = transition_event(&st, was);
+            // A shutdown for a denial, or the recovery from one: the project's validity changes.
+            transitioned = event
+                .is_some_and(|(t, _)| t == event_types::CONFIG_NO_LONGER_VALID || t == event_types::CONFIG_IS_VALID);
+            let events = event.map(|(type_name, detail)| {
                 let payload = json!({"clusterName": cluster.name, "nodeId": node_id.as_str(), "detail": detail});
                 ear::event(&cluster.group_id, type_name, payload, now)
             });
