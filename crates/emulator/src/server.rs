@@ -214,10 +214,11 @@ async fn dispatch(
     sni: Option<String>,
     listener: ListenerKind,
 ) -> Result<Response<Body>, std::io::Error> {
-    let (host, _) = request_host(&req, sni.as_deref());
-    let mut key = route_for(&host, req.uri().path())
-        .and_then(|(_, route)| crate::requests::classify(&route, req.method(), req.uri().path()));
-    let out = dispatch_routed(&ctx, req, peer, sni, listener, &mut key).await;
+    let (host, raw_host) = request_host(&req, sni.as_deref());
+    let routed = route_for(&host, req.uri().path());
+    let mut key =
+        routed.as_ref().and_then(|(_, route)| crate::requests::classify(route, req.method(), req.uri().path()));
+    let out = dispatch_routed(&ctx, req, peer, (host, raw_host, routed), listener, &mut key).await;
     // Counted once answered (or dropped), so that `errors` tells refused requests apart.
     if let Some(key) = key {
         let ok = out.as_ref().is_ok_and(|r| r.status().as_u16() < 400);
@@ -226,11 +227,13 @@ async fn dispatch(
     out
 }
 
+/// `dispatch` after the host and route were worked out (once, for the request counts too):
+/// `target` is the host, the raw `Host` header's value and the route, if any.
 async fn dispatch_routed(
     ctx: &Ctx,
     req: Request<Body>,
     peer: SocketAddr,
-    sni: Option<String>,
+    target: (String, String, Option<(AzureEnvironment, Route)>),
     listener: ListenerKind,
     key: &mut Option<crate::requests::RequestKey>,
 ) -> Result<Response<Body>, std::io::Error> {
@@ -238,8 +241,8 @@ async fn dispatch_routed(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (host, raw_host) = request_host(&req, sni.as_deref());
-    let Some((cloud, route)) = route_for(&host, &path) else {
+    let (host, raw_host, routed) = target;
+    let Some((cloud, route)) = routed else {
         return Ok(errors::arm(
             StatusCode::NOT_FOUND,
             "HostNotFound",
