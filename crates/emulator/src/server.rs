@@ -287,17 +287,20 @@ async fn dispatch_routed(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > ctx.max_body) {
+        drain(body).await;
         return Ok(errors::too_large(surface, ctx.max_body));
     }
-    let bytes = match http_body_util::Limited::new(body, ctx.max_body).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return Ok(errors::too_large(surface, ctx.max_body));
-            }
-            return Err(std::io::Error::other("client body error"));
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| std::io::Error::other("client body error"))?.into_data() else { continue };
+        if buf.len() + data.len() > ctx.max_body {
+            drain(body).await;
+            return Ok(errors::too_large(surface, ctx.max_body));
         }
-    };
+        buf.extend_from_slice(&data);
+    }
+    let bytes = buf.freeze();
     if let Some(k) = key.as_mut() {
         crate::requests::fill_token_fields(k, &bytes);
     }
@@ -391,5 +394,17 @@ pub async fn method_not_allowed(req: Request<Body>) -> Response<Body> {
         Surface::Graph => errors::graph(StatusCode::METHOD_NOT_ALLOWED, "Request_BadRequest", &msg),
         Surface::Entra => errors::aad(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", 900561, &msg),
         Surface::Arm | Surface::Admin => errors::arm(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &msg),
+    }
+}
+
+/// Reads and drops what is left of an oversized body (up to 16 MiB), so that the client, which
+/// is usually still sending, reads the 413 rather than a connection reset: hyper answers and
+/// closes at once otherwise, as it has no lingering close.
+async fn drain(mut body: axum::body::Body) {
+    let mut left: usize = 16 * 1024 * 1024;
+    while left > 0
+        && let Some(Ok(frame)) = body.frame().await
+    {
+        left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
     }
 }

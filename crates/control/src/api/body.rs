@@ -25,15 +25,53 @@ impl FromRequest<AppState> for JsonObject {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.max_body_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                codes::PAYLOAD_TOO_LARGE,
-                format!("The request body is larger than {limit} bytes; nothing was changed."),
-            )
-        })?;
+        let bytes = read_limited(req.into_body(), limit).await?;
         parse_object(&bytes).map(JsonObject)
     }
+}
+
+/// How much of an oversized body is read and thrown away so that the client, still sending,
+/// gets the 413 instead of a broken pipe. Beyond this the connection is simply closed.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads at most `limit` bytes of `body`. A larger body is refused with `413`, after the rest
+/// of it (up to [`DRAIN_BYTES`]) has been read and dropped: answering while the client is still
+/// writing makes hyper close the connection under it, and most clients then report a broken
+/// pipe or an incomplete message instead of the error (hyper has no lingering close, so this is
+/// done here by hand).
+async fn read_limited(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::PAYLOAD_TOO_LARGE,
+            format!("The request body is larger than {limit} bytes; nothing was changed. Send a smaller body."),
+        )
+    };
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        // A body that breaks off is as unusable as one that is too large; say which.
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) if seen > limit => return Err(too_large()),
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_JSON,
+                    format!("The request body could not be read: {e}. Send it again."),
+                ));
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > limit.saturating_add(DRAIN_BYTES) {
+            break;
+        }
+    }
+    if seen > limit { Err(too_large()) } else { Ok(buf.freeze()) }
 }
 
 /// Parses bytes as a JSON object.
