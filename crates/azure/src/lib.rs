@@ -30,6 +30,7 @@ pub mod keyvault;
 pub mod retry;
 pub mod token;
 pub mod token_cache;
+pub mod token_shared;
 pub mod transport;
 
 pub use arm::{AccessPolicy, ArmClient, RoleAssignment, VaultProperties, VaultRef};
@@ -40,4 +41,5 @@ pub use keyvault::{Ciphertext, EncryptionAlgorithm, KeyProperties, KeyVaultClien
 pub use retry::RetryPolicy;
 pub use token::{TokenProvider, TokenSource};
 pub use token_cache::{AccessToken, CacheKey, TokenCache, TokenCacheStats};
+pub use token_shared::{SharedError, SharedTokens, StoredToken};
 pub use transport::{EndpointOverride, Transport, TransportConfig};

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use atrest_domain::AzureUuid;
 
 use crate::error::Error;
+use crate::token_shared::{Outcome, SharedTokens, fetch_through};
 
 /// The longest a token is refreshed ahead of expiry.
 const MAX_REFRESH_AHEAD: Duration = Duration::from_secs(300);
@@ -79,8 +80,13 @@ impl AccessToken {
         self.expires_at.saturating_duration_since(Instant::now())
     }
 
-    fn lifetime(&self) -> Duration {
+    pub(crate) fn lifetime(&self) -> Duration {
         self.expires_at.saturating_duration_since(self.obtained_at)
+    }
+
+    /// Whether it is before its refresh-ahead point, so a holder may pass it on as it is.
+    pub(crate) fn is_fresh(&self) -> bool {
+        Instant::now() < self.refresh_at()
     }
 
     /// From this instant on, a refresh is due.
@@ -113,6 +119,11 @@ type SharedFetch = Shared<BoxFuture<'static, Result<AccessToken, Error>>>;
 struct SlotState {
     token: Option<AccessToken>,
     inflight: Option<SharedFetch>,
+    /// The SHA-256 of the last token of this key a service refused: never taken from the
+    /// shared tier again.
+    refused: Option<[u8; 32]>,
+    /// The next fetch must come from Entra, not from the shared tier ([`TokenCache::invalidate`]).
+    from_entra: bool,
 }
 
 #[derive(Default)]
@@ -130,6 +141,8 @@ pub struct TokenCacheStats {
     pub cache_hits: u64,
     /// Calls that had to wait for a fetch (their own or a shared one).
     pub cache_misses: u64,
+    /// Fetches answered with another process's token from the shared tier, not by Entra.
+    pub shared_hits: u64,
     /// Refreshes that failed while the old token was still usable (it was served instead).
     pub refresh_failures: u64,
 }
@@ -141,7 +154,9 @@ pub struct TokenCache {
     token_requests: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    shared_hits: Arc<AtomicU64>,
     refresh_failures: AtomicU64,
+    shared: std::sync::OnceLock<Arc<dyn SharedTokens>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -162,8 +177,15 @@ impl TokenCache {
             token_requests: self.token_requests.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             cache_misses: self.cache_misses.load(Ordering::Relaxed),
+            shared_hits: self.shared_hits.load(Ordering::Relaxed),
             refresh_failures: self.refresh_failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// Puts the shared tier behind this cache (see [`crate::token_shared`]); once only, before
+    /// the first token is asked for. Returns `false` if a tier was set already.
+    pub fn set_shared(&self, shared: Arc<dyn SharedTokens>) -> bool {
+        self.shared.set(shared).is_ok()
     }
 
     /// Count one HTTP request to the token endpoint (called by the fetcher, per attempt).
@@ -171,11 +193,14 @@ impl TokenCache {
         self.token_requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Forget the token for `key` (for example after the service refused it as expired).
+    /// Forget the token for `key`, so that the next call asks Entra: not the shared tier either,
+    /// since what a caller proves with a token fresh from Entra (that the service principal
+    /// still exists and is enabled) a stored one issued earlier does not prove.
     pub fn invalidate(&self, key: &CacheKey) {
-        if let Some(slot) = self.slots.lock().get(key) {
-            slot.state.lock().token = None;
-        }
+        let slot = self.slots.lock().entry(key.clone()).or_default().clone();
+        let mut st = slot.state.lock();
+        st.token = None;
+        st.from_entra = true;
     }
 
     /// Forget the token for `key` only if it is still `refused`: when several callers are refused
@@ -185,6 +210,7 @@ impl TokenCache {
             let mut st = slot.state.lock();
             if st.token.as_ref().is_some_and(|t| Arc::ptr_eq(&t.secret, &refused.secret)) {
                 st.token = None;
+                st.refused = Some(refused.sha256());
             }
         }
     }
@@ -202,7 +228,7 @@ impl TokenCache {
             .as_ref()
             .is_some_and(|t| aws_lc_rs::constant_time::verify_slices_are_equal(&t.sha256(), refused_sha256).is_ok());
         if matches {
-            st.token = None;
+            st.refused = st.token.take().map(|t| t.sha256());
         }
         matches
     }
@@ -232,8 +258,20 @@ impl TokenCache {
                 None => {
                     let slot_for_fetch = slot.clone();
                     let fut = fetch();
+                    let tier = self.shared.get().cloned();
+                    let (key, refused, from_entra) = (key.clone(), st.refused, std::mem::take(&mut st.from_entra));
+                    let shared_hits = self.shared_hits.clone();
                     let shared = async move {
-                        let result = fut.await;
+                        let result = match tier {
+                            None => fut.await,
+                            Some(tier) => match fetch_through(tier.as_ref(), &key, refused, from_entra, fut).await {
+                                Outcome::Shared(t) => {
+                                    shared_hits.fetch_add(1, Ordering::Relaxed);
+                                    Ok(t)
+                                }
+                                Outcome::Fetched(result) => result,
+                            },
+                        };
                         // Settle the slot inside the shared future, so it happens exactly once
                         // and even if the caller that started it has gone away.
                         let mut st = slot_for_fetch.state.lock();

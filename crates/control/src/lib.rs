@@ -26,6 +26,7 @@ pub mod key_age;
 pub mod media;
 pub mod metrics;
 pub mod server;
+pub mod shared_tokens;
 pub mod state;
 pub mod validate;
 

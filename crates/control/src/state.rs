@@ -31,7 +31,7 @@ pub struct AppState {
 pub struct Inner {
     pub config: Config,
     pub store: Store,
-    pub kek: Kek,
+    pub kek: Arc<Kek>,
     pub platform: Platform,
     pub metrics: Metrics,
     /// Unique per process: the lease holder name of this replica.
@@ -61,6 +61,13 @@ impl AppState {
     pub fn new(config: Config, store: Store, kek: Kek, platform: Platform) -> AppState {
         let replica_id = format!("replica-{}", uuid::Uuid::new_v4().simple());
         let metrics = Metrics::new(platform.cache.clone());
+        let kek = Arc::new(kek);
+        // The platform app's tokens are shared with the other replicas through the store. The
+        // customers' own (legacy) credentials have caches of their own and are never shared.
+        let tier = crate::shared_tokens::StoreTokens::new(store.clone(), kek.clone(), replica_id.clone());
+        if !platform.cache.set_shared(Arc::new(tier)) {
+            tracing::debug!("the platform token cache already shares tokens through a store");
+        }
         AppState {
             inner: Arc::new(Inner {
                 config,

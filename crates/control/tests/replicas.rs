@@ -133,3 +133,55 @@ async fn two_replicas_share_writes_and_split_revalidation() {
     assert!(count(&b) >= b_alone + n, "B's own metrics count each of its revalidations");
     b.shutdown().await;
 }
+
+/// design.md §10: one Entra request per tenant per token lifetime whatever the number of
+/// replicas. Replica B validates a configuration with the token replica A fetched (through the
+/// store's shared tier) instead of asking Entra itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_platform_apps_tokens_through_the_store() {
+    let url = atrest_store::testing::fresh_postgres_database().await.expect("a throwaway PostgreSQL");
+    let env = Env::start_with(Options { store_url: Some(url), ..Options::default() }).await;
+    let b = env.replica().await;
+    let t = env.tenant(VaultAuth::Rbac).await;
+    t.grant_rbac().await;
+    let g = env.project("shared").await;
+    let role = env.register(&g, &t).await;
+    let (s, v) = env.patch_ear(&g, t.ear_block(&role)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let stats = |cp: &atrest_control::ControlPlane| cp.state().platform.cache.stats();
+    let a_requests = stats(&env.control).token_requests;
+    assert!(a_requests >= 1, "A asked Entra for its tokens: {:?}", stats(&env.control));
+
+    // B validates the same vault (a PATCH through B checks the key): with A's tokens.
+    let r = env
+        .http
+        .patch(format!("{}/api/atlas/v2/groups/{g}/encryptionAtRest", b.url()))
+        .bearer_auth(&env.token)
+        .header("Accept", ACCEPT)
+        .json(&serde_json::json!({"azureKeyVault": {"keyIdentifier": t.unversioned_kid()}}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["azureKeyVault"]["valid"], true, "{v}");
+    let on_b = stats(&b);
+    assert_eq!(on_b.token_requests, 0, "B asked Entra although A's token was in the store: {on_b:?}");
+    assert!(on_b.shared_hits >= 1, "{on_b:?}");
+    assert_eq!(stats(&env.control).token_requests, a_requests, "A did not ask again either");
+
+    // The store holds the token sealed: its bytes are nowhere in the row.
+    let state = env.control.state();
+    let tokens = state.platform.secretless().unwrap().tokens();
+    let tenant: atrest_domain::AzureUuid = t.customer.tenant_id().parse().unwrap();
+    let environment = atrest_domain::AzureEnvironment::Azure;
+    let token = tokens.key_vault_token(environment, &tenant).await.unwrap();
+    let key = tokens.cache_key(environment, &tenant, &format!("{}/.default", environment.vault_resource()));
+    let row =
+        state.store.shared_token(&atrest_control::shared_tokens::row_id(&key)).await.unwrap().expect("a stored row");
+    let secret = token.expose_secret().as_bytes();
+    assert!(!row.sealed.windows(secret.len()).any(|w| w == secret), "the token is stored in clear");
+    assert_eq!(row.sha256, token.sha256());
+    b.shutdown().await;
+}

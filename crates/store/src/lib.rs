@@ -57,6 +57,7 @@ mod leases;
 mod nonces;
 mod principals;
 mod private_endpoints;
+mod shared_tokens;
 mod tenancy;
 
 #[cfg(feature = "testing")]
@@ -87,6 +88,7 @@ pub use private_endpoints::{
     EarPrivateEndpoint, EarPrivateEndpointDeletion, EarPrivateEndpointId, EarPrivateEndpointStatus,
     EarPrivateEndpointTransition,
 };
+pub use shared_tokens::SharedToken;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 ///

@@ -22,6 +22,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (3, "kek_canary", include_str!("../migrations/sqlite/0003_kek_canary.sql")),
     (4, "clusters_nodes", include_str!("../migrations/sqlite/0004_clusters_nodes.sql")),
     (5, "private_networking", include_str!("../migrations/sqlite/0005_private_networking.sql")),
+    (6, "shared_tokens", include_str!("../migrations/sqlite/0006_shared_tokens.sql")),
 ];
 
 /// (version, description, SQL) for PostgreSQL.
@@ -31,6 +32,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (3, "kek_canary", include_str!("../migrations/postgres/0003_kek_canary.sql")),
     (4, "clusters_nodes", include_str!("../migrations/postgres/0004_clusters_nodes.sql")),
     (5, "private_networking", include_str!("../migrations/postgres/0005_private_networking.sql")),
+    (6, "shared_tokens", include_str!("../migrations/postgres/0006_shared_tokens.sql")),
 ];
 
 fn migrator(list: &[(i64, &'static str, &'static str)]) -> Migrator {

@@ -55,6 +55,7 @@ on_both_backends!(
     replicas::revalidation_on_read_is_rate_limited_across_stores,
     replicas::writes_through_one_store_are_visible_through_another,
     replicas::reopening_and_concurrent_opens_apply_migrations_once,
+    replicas::shared_tokens_are_replaced_deleted_by_their_digest_and_purged_when_expired,
     private_endpoints::ear_private_endpoints_round_trip,
     private_endpoints::one_private_endpoint_per_region_per_project,
     private_endpoints::private_endpoint_transitions_apply_only_from_their_state,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use atrest_store::{GroupId, Store};
+use atrest_store::{GroupId, SharedToken, Store};
 
 use crate::support::*;
 
@@ -213,4 +213,31 @@ pub async fn reopening_and_concurrent_opens_apply_migrations_once(db: TestDb) {
         assert_eq!(store.list_groups(&org.id).await.unwrap(), vec![group.clone()]);
         assert!(store.get_ear_config(&group.id).await.unwrap().is_some());
     }
+}
+
+pub async fn shared_tokens_are_replaced_deleted_by_their_digest_and_purged_when_expired(db: TestDb) {
+    let (a, b) = (db.open().await, db.open().await);
+    let token = |id: &str, sha: u8, expires: i64| SharedToken {
+        id: id.into(),
+        sealed: vec![1, 2, 3, sha],
+        sha256: [sha; 32],
+        obtained_at: t0(),
+        expires_at: at(expires),
+    };
+    assert_eq!(a.shared_token("k").await.unwrap(), None);
+    a.put_shared_token(&token("k", 1, 3600), t0()).await.unwrap();
+    assert_eq!(b.shared_token("k").await.unwrap(), Some(token("k", 1, 3600)), "another replica reads it");
+    b.put_shared_token(&token("k", 2, 3600), at(1)).await.unwrap();
+    assert_eq!(a.shared_token("k").await.unwrap().unwrap().sha256, [2; 32], "replaced");
+    // The replaced token's digest deletes nothing; the current one's deletes it, once.
+    assert!(!a.delete_shared_token_if("k", &[1; 32]).await.unwrap());
+    assert!(b.shared_token("k").await.unwrap().is_some());
+    assert!(a.delete_shared_token_if("k", &[2; 32]).await.unwrap());
+    assert!(!b.delete_shared_token_if("k", &[2; 32]).await.unwrap());
+    assert_eq!(b.shared_token("k").await.unwrap(), None);
+    // An expired token is purged by the next write of any key.
+    a.put_shared_token(&token("old", 3, 10), t0()).await.unwrap();
+    b.put_shared_token(&token("new", 4, 3600), at(11)).await.unwrap();
+    assert_eq!(a.shared_token("old").await.unwrap(), None);
+    assert!(a.shared_token("new").await.unwrap().is_some());
 }
