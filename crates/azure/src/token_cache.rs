@@ -307,7 +307,7 @@ impl TokenCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::AtomicU32;
 
     use super::*;
@@ -323,7 +323,7 @@ mod tests {
     }
 
     /// A fetcher that counts calls, waits `delay`, and returns token `tok-<n>` living `life`.
-    fn fetcher(
+    pub(crate) fn fetcher(
         calls: &Arc<AtomicU32>,
         delay: Duration,
         life: Duration,

@@ -289,16 +289,7 @@ mod tests {
         calls: &Arc<AtomicU32>,
         delay: Duration,
     ) -> impl FnOnce() -> BoxFuture<'static, Result<AccessToken, Error>> {
-        let calls = calls.clone();
-        move || {
-            async move {
-                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                let sent = Instant::now();
-                tokio::time::sleep(delay).await;
-                Ok(AccessToken::new(SecretString::from(format!("tok-{n}")), sent, Duration::from_secs(3600)))
-            }
-            .boxed()
-        }
+        crate::token_cache::tests::fetcher(calls, delay, Duration::from_secs(3600), false)
     }
 
     /// `n` replicas: a cache each, one tier between them.

@@ -12,6 +12,25 @@ use reqwest::{Method, StatusCode};
 use atrest_emulator::scenario::VaultAuth;
 use support::{ACCEPT, Env, Options, eventually, validations};
 
+/// PATCHes the key identifier of `group`'s configuration through `replica`.
+async fn patch_key_through(
+    env: &Env,
+    replica: &atrest_control::ControlPlane,
+    group: &str,
+    kid: &str,
+) -> (StatusCode, serde_json::Value) {
+    let r = env
+        .http
+        .patch(format!("{}/api/atlas/v2/groups/{group}/encryptionAtRest", replica.url()))
+        .bearer_auth(&env.token)
+        .header("Accept", ACCEPT)
+        .json(&serde_json::json!({"azureKeyVault": {"keyIdentifier": kid}}))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
 fn background_validations(metrics: &str) -> u64 {
     validations(metrics, "background")
 }
@@ -51,16 +70,8 @@ async fn two_replicas_share_writes_and_split_revalidation() {
         assert_eq!(v["azureKeyVault"]["valid"], true, "{v}");
     }
     // A write through B is read through A.
-    let r = env
-        .http
-        .patch(format!("{}/api/atlas/v2/groups/{}/encryptionAtRest", b.url(), groups[0]))
-        .bearer_auth(&env.token)
-        .header("Accept", ACCEPT)
-        .json(&serde_json::json!({"azureKeyVault": {"keyIdentifier": t.unversioned_kid()}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let (s, v) = patch_key_through(&env, &b, &groups[0], &t.unversioned_kid()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = env.atlas(Method::GET, &format!("/api/atlas/v2/groups/{}/encryptionAtRest", groups[0]), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["azureKeyVault"]["keyIdentifier"], t.unversioned_kid().as_str(), "{v}");
@@ -153,17 +164,7 @@ async fn replicas_share_the_platform_apps_tokens_through_the_store() {
     assert!(a_requests >= 1, "A asked Entra for its tokens: {:?}", stats(&env.control));
 
     // B validates the same vault (a PATCH through B checks the key): with A's tokens.
-    let r = env
-        .http
-        .patch(format!("{}/api/atlas/v2/groups/{g}/encryptionAtRest", b.url()))
-        .bearer_auth(&env.token)
-        .header("Accept", ACCEPT)
-        .json(&serde_json::json!({"azureKeyVault": {"keyIdentifier": t.unversioned_kid()}}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = patch_key_through(&env, &b, &g, &t.unversioned_kid()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["azureKeyVault"]["valid"], true, "{v}");
     let on_b = stats(&b);
