@@ -9,12 +9,13 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -89,7 +90,7 @@ pub fn router(gate: Arc<Gate>, engine: Arc<SqlCipherEngine>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/collections/{collection}/documents", get(list))
         .route("/v1/collections/{collection}/documents/{id}", get(get_doc).put(put_doc).delete(delete_doc))
-        .route("/v1/batch", post(batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
+        .route("/v1/batch", post(batch))
         .fallback(|| async {
             DataError::new(
                 StatusCode::NOT_FOUND,
@@ -97,8 +98,6 @@ pub fn router(gate: Arc<Gate>, engine: Arc<SqlCipherEngine>) -> Router {
                 "no such data API path: see docs/design/node-api-draft.md, \"Data API\"",
             )
         })
-        // A document may be 1 MiB; the envelope is what the body is.
-        .layer(DefaultBodyLimit::max(MAX_DOCUMENT))
         .with_state(Api { gate, engine })
 }
 
@@ -180,17 +179,42 @@ impl Api {
     }
 }
 
-/// A body that could not be read: over the limit (413) or cut off.
-fn too_large(e: BytesRejection, limit: usize) -> DataError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        DataError::new(
+/// How much of an oversized body is read and dropped before the 413 goes out.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes. A larger one is refused with `413 DOCUMENT_TOO_LARGE`
+/// once the rest of it (up to [`DRAIN_BYTES`]) has been read and dropped: answering while the
+/// client is still sending makes hyper close the connection under it, and the client then sees
+/// a reset instead of the error (axum's body limit answers at once; hyper has no lingering
+/// close).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) if seen > limit => break,
+            Err(e) => {
+                return Err(DataError::invalid("body", format!("the body could not be read: {e}; send it again")));
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > limit.saturating_add(DRAIN_BYTES) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(DataError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "DOCUMENT_TOO_LARGE",
-            format!("the body is larger than {limit} bytes"),
-        )
-    } else {
-        DataError::invalid("body", format!("the body could not be read: {e}"))
+            format!("the body is larger than {limit} bytes; send a smaller one"),
+        ));
     }
+    Ok(buf.freeze())
 }
 
 fn check_collection(c: &str) -> Result<()> {
@@ -248,10 +272,10 @@ async fn put_doc(
     State(api): State<Api>,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response> {
     api.admit(&headers)?;
-    let body = body.map_err(|e| too_large(e, MAX_DOCUMENT))?;
+    let body = read_body(body, MAX_DOCUMENT).await?;
     check_collection(&collection)?;
     check_id("id", &id)?;
     let text = check_document("the body", &body)?;
@@ -348,13 +372,9 @@ async fn list(
     Ok(axum::Json(json!({"documents": documents, "next": page.next})).into_response())
 }
 
-async fn batch(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Response> {
+async fn batch(State(api): State<Api>, headers: HeaderMap, body: Body) -> Result<Response> {
     api.admit(&headers)?;
-    let body = body.map_err(|e| too_large(e, MAX_BATCH_BODY))?;
+    let body = read_body(body, MAX_BATCH_BODY).await?;
     let root: Value = serde_json::from_slice(&body)
         .map_err(|e| DataError::invalid("body", format!("not JSON ({e}): send {{\"operations\": [...]}}")))?;
     let Some(obj) = root.as_object() else {
@@ -542,6 +562,10 @@ mod tests {
             ("control character in id", Method::PUT, "/v1/collections/c/documents/a%07b".into(), Some("{}".into()), Some(CRED), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
             ("not JSON", Method::PUT, "/v1/collections/c/documents/keep".into(), Some("{v:2".into()), Some(CRED), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
             ("too large", Method::PUT, "/v1/collections/c/documents/keep".into(), Some(big), Some(CRED), StatusCode::PAYLOAD_TOO_LARGE, "DOCUMENT_TOO_LARGE"),
+            // Far over the limit: the client is still sending when the node has read enough
+            // to refuse, and must still get the 413, not a reset.
+            ("8 MiB document", Method::PUT, "/v1/collections/c/documents/keep".into(), Some("x".repeat(8 * MAX_DOCUMENT)), Some(CRED), StatusCode::PAYLOAD_TOO_LARGE, "DOCUMENT_TOO_LARGE"),
+            ("batch too large", Method::POST, "/v1/batch".into(), Some(" ".repeat(MAX_BATCH_BODY + 1)), Some(CRED), StatusCode::PAYLOAD_TOO_LARGE, "DOCUMENT_TOO_LARGE"),
             ("bad limit", Method::GET, "/v1/collections/c/documents?limit=0".into(), None, Some(CRED), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
             ("unknown op", Method::POST, "/v1/batch".into(), Some(json!({"operations": [{"op": "upsert", "collection": "c", "id": "keep"}]}).to_string()), Some(CRED), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
             ("unknown batch field", Method::POST, "/v1/batch".into(), Some(json!({"operations": [], "atomic": true}).to_string()), Some(CRED), StatusCode::BAD_REQUEST, "INVALID_ATTRIBUTE"),
