@@ -14,7 +14,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 # Debian packages the tests need, installed only when missing (idempotent). PostgreSQL: the
 # store tests start a throwaway cluster with initdb (as the postgres user when run as root).
 need_apt=()
-for pkg in ca-certificates curl jq postgresql; do
+# MariaDB (server, client, key-management plugin) for the MariaDB engine's tests (crates/node/tests/mariadb.rs).
+for pkg in ca-certificates curl jq postgresql mariadb-server mariadb-client mariadb-plugin-hashicorp-key-management; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

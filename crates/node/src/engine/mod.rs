@@ -9,6 +9,7 @@
 //! The trait is synchronous: SQLite is a blocking library and supervising a process is too. The
 //! node calls it from `spawn_blocking`.
 
+pub mod mariadb;
 pub mod sqlcipher;
 
 use crate::keystore::DataKeys;

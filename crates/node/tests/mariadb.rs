@@ -1,0 +1,166 @@
+//! The MariaDB engine against Debian's real MariaDB (the README's test command installs
+//! `mariadb-server`, `mariadb-client` and `mariadb-plugin-hashicorp-key-management`): a real
+//! client writes marked rows, and no file MariaDB wrote holds them in clear; the server stops
+//! with the engine and comes back with its data; a kill -9 is restarted; other engines' tables
+//! are refused.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use atrest_node::engine::mariadb::{MariaDbEngine, MariaDbOptions};
+use atrest_node::{DataKeys, Engine, Health, KeyBytes};
+
+const MARKER: &str = "ATREST_PLAINTEXT_MARKER_7f3c";
+
+/// Runs `sql` with the `mariadb` client as root over the server's socket: (success, stdout+stderr).
+fn sql(o: &MariaDbOptions, sql: &str) -> (bool, String) {
+    let out = Command::new("mariadb")
+        .arg(format!("--socket={}", o.socket().display()))
+        .args(["-u", "root", "--batch", "--skip-column-names", "-e", sql])
+        .output()
+        .expect("the mariadb client: sudo apt-get install mariadb-client");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text.trim().to_string())
+}
+
+fn ok(o: &MariaDbOptions, q: &str) -> String {
+    let (success, text) = sql(o, q);
+    assert!(success, "{q}: {text}");
+    text
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+async fn open(engine: &std::sync::Arc<MariaDbEngine>, keys: std::sync::Arc<DataKeys>) -> Result<(), String> {
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || e.open(&keys).map_err(|e| e.to_string())).await.unwrap()
+}
+
+async fn close(engine: &std::sync::Arc<MariaDbEngine>) {
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || e.close().unwrap()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_keeps_rows_encrypted_stops_with_the_engine_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = MariaDbOptions::new(dir.path(), "node-test-1");
+    let engine = std::sync::Arc::new(MariaDbEngine::new(o.clone(), tokio::runtime::Handle::current()));
+    let key = KeyBytes::random().unwrap();
+    let key_bytes = *key.expose();
+    let keys = std::sync::Arc::new(DataKeys::single(key));
+    let started = Instant::now();
+    open(&engine, keys.clone()).await.expect("MariaDB starts with the node's keys");
+    eprintln!("install-db and first start: {:.2} s", started.elapsed().as_secs_f64());
+    assert_eq!(engine.health(), Health::Serving);
+
+    ok(&o, "CREATE DATABASE demo");
+    ok(&o, "CREATE TABLE demo.t (id INT PRIMARY KEY, v VARCHAR(200)) ENGINE=InnoDB");
+    ok(&o, &format!("INSERT INTO demo.t SELECT seq, CONCAT('{MARKER}-bulk-', seq) FROM demo.seq_1_to_2000"));
+    for i in 0..20 {
+        ok(&o, &format!("INSERT INTO demo.t VALUES ({}, '{MARKER}-single-{i}')", 10_000 + i));
+    }
+    ok(&o, &format!("CREATE TEMPORARY TABLE demo.tmp (v VARCHAR(200)); INSERT INTO demo.tmp VALUES ('{MARKER}-temp')"));
+    // Other engines' tables are refused: their files, and the Aria log, are not encrypted.
+    for engine_name in ["Aria", "MyISAM"] {
+        let (success, text) = sql(&o, &format!("CREATE TABLE demo.other (v TEXT) ENGINE={engine_name}"));
+        assert!(!success, "an {engine_name} table was created: {text}");
+        // MariaDB's own words for enforce_storage_engine (it has no other): ERROR 1290.
+        assert!(text.contains("ERROR 1290") && text.contains("NO_ENGINE_SUBSTITUTION"), "{engine_name}: {text}");
+    }
+    // Every tablespace is encrypted.
+    let clear =
+        ok(&o, "SELECT COUNT(*) FROM information_schema.INNODB_TABLESPACES_ENCRYPTION WHERE ENCRYPTION_SCHEME = 0");
+    assert_eq!(clear, "0", "unencrypted tablespaces");
+    let encrypted =
+        ok(&o, "SELECT COUNT(*) FROM information_schema.INNODB_TABLESPACES_ENCRYPTION WHERE ENCRYPTION_SCHEME = 1");
+    assert!(encrypted.parse::<u32>().unwrap() >= 2, "{encrypted}");
+    // Pages, redo log and binlog on disk; then no file holds a marked row or a key in clear.
+    ok(&o, "SET GLOBAL innodb_max_dirty_pages_pct = 0; FLUSH TABLES; FLUSH BINARY LOGS");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok(
+        &o,
+        "SELECT variable_value FROM information_schema.global_status WHERE variable_name = 'INNODB_BUFFER_POOL_PAGES_DIRTY'",
+    ) != "0"
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(files_containing(dir.path(), MARKER.as_bytes()), Vec::<String>::new(), "marked rows in clear");
+    assert_eq!(files_containing(dir.path(), &key_bytes), Vec::<String>::new(), "the data key in clear");
+    assert_eq!(files_containing(dir.path(), hex::encode(key_bytes).as_bytes()), Vec::<String>::new());
+
+    // A kill -9 of mariadbd while the engine is open: started again, data intact.
+    let pid = engine.pid().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (engine.restarts() == 0 || engine.health() != Health::Serving) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(engine.restarts(), 1);
+    assert_ne!(engine.pid(), Some(pid));
+    assert_eq!(ok(&o, "SELECT COUNT(*) FROM demo.t"), "2020");
+
+    // Closing stops mariadbd before the keys go: no process, no listener.
+    let pid = engine.pid().unwrap();
+    let port = engine.port().unwrap();
+    let (key_server, _) = engine.key_server().unwrap();
+    let t = Instant::now();
+    close(&engine).await;
+    eprintln!("close (mariadbd stopped, keys dropped): {:.2} s", t.elapsed().as_secs_f64());
+    assert!(!alive(pid), "mariadbd {pid} is still running");
+    let log = std::fs::read_to_string(o.error_log()).unwrap();
+    assert!(
+        log.trim_end().ends_with("Shutdown complete"),
+        "not a clean shutdown: {}",
+        &log[log.len().saturating_sub(600)..]
+    );
+    assert_eq!(engine.health(), Health::Closed);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "mariadbd still listens");
+    assert!(std::net::TcpStream::connect(key_server).is_err(), "the key server still listens");
+    let (success, _) = sql(&o, "SELECT 1");
+    assert!(!success, "a client reached a closed engine");
+
+    // Opened again with the same keys: every row is there and writable.
+    open(&engine, keys.clone()).await.expect("MariaDB starts again");
+    assert_eq!(ok(&o, "SELECT COUNT(*) FROM demo.t"), "2020");
+    ok(&o, "INSERT INTO demo.t VALUES (20000, 'after reopen')");
+    assert_eq!(ok(&o, "SELECT v FROM demo.t WHERE id = 10019"), format!("{MARKER}-single-19"));
+    close(&engine).await;
+
+    // Another node's keys do not open this data: mariadbd fails to start and the error says so.
+    let other = std::sync::Arc::new(DataKeys::single(KeyBytes::random().unwrap()));
+    let t = Instant::now();
+    let e = open(&engine, other).await.expect_err("MariaDB started with the wrong keys");
+    eprintln!("wrong keys refused in {:.2} s: {e}", t.elapsed().as_secs_f64());
+    assert!(e.contains("mariadbd did not start") && e.contains("error log"), "{e}");
+    assert_eq!(engine.health(), Health::Closed);
+    // The data is untouched: the right keys still open it.
+    open(&engine, keys).await.expect("MariaDB starts with its own keys after a wrong-key attempt");
+    assert_eq!(ok(&o, "SELECT COUNT(*) FROM demo.t"), "2021");
+    close(&engine).await;
+}
