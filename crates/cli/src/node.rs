@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use atrest_azure::TransportConfig;
+use atrest_node::engine::mariadb::MariaDbOptions;
 use atrest_node::runtime::{NodeOptions, node_retry};
-use atrest_node::server::EmbeddedNode;
+use atrest_node::server::{EmbeddedNode, MariaDbNode};
 use secrecy::SecretString;
 
 /// Run a data node: join a cluster (first start), unlock the data with the customer's Key
@@ -43,6 +44,63 @@ pub struct NodeArgs {
     /// An extra CA (PEM) to trust for the control plane.
     #[arg(long, env = "ATREST_CONTROL_PLANE_CA")]
     control_plane_ca: Option<PathBuf>,
+    /// The storage engine: `embedded` (documents in SQLCipher, served by the data API) or
+    /// `mariadb` (a mariadbd the node supervises, encrypted with the node's keys; docs/mariadb-engine.md).
+    #[arg(long, env = "ATREST_NODE_ENGINE", value_enum, default_value = "embedded")]
+    engine: EngineKind,
+    /// mariadbd to run (--engine mariadb).
+    #[arg(long, env = "ATREST_MARIADBD", default_value = "/usr/sbin/mariadbd")]
+    mariadbd: PathBuf,
+    /// mariadb-install-db to make the data directory with on first start (--engine mariadb).
+    #[arg(long, env = "ATREST_MARIADB_INSTALL_DB", default_value = "/usr/bin/mariadb-install-db")]
+    mariadb_install_db: PathBuf,
+    /// The port mariadbd listens on, on 127.0.0.1 (--engine mariadb; 0 picks a free one at each start).
+    #[arg(long, env = "ATREST_MARIADB_PORT", default_value_t = 0)]
+    mariadb_port: u16,
+}
+
+/// Which engine a node runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Embedded,
+    #[value(name = "mariadb")]
+    MariaDb,
+}
+
+/// The running node, whichever its engine.
+enum Running {
+    Embedded(EmbeddedNode),
+    MariaDb(MariaDbNode),
+}
+
+impl Running {
+    fn handle(&self) -> &atrest_node::NodeHandle {
+        match self {
+            Running::Embedded(n) => n.handle(),
+            Running::MariaDb(n) => n.handle(),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Running::Embedded(n) => n.url(),
+            Running::MariaDb(n) => n.url(),
+        }
+    }
+
+    async fn stopped(&mut self) -> atrest_node::NodeError {
+        match self {
+            Running::Embedded(n) => n.stopped().await,
+            Running::MariaDb(n) => n.stopped().await,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Running::Embedded(n) => n.shutdown().await,
+            Running::MariaDb(n) => n.shutdown().await,
+        }
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -102,10 +160,36 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         azure,
         retry: node_retry(),
     };
-    let mut node = EmbeddedNode::start(options, args.listen).await?;
+    let mut node = match args.engine {
+        EngineKind::Embedded => Running::Embedded(EmbeddedNode::start(options, args.listen).await?),
+        EngineKind::MariaDb => {
+            let mut m = MariaDbOptions::new(&data_dir);
+            m.mariadbd = args.mariadbd.clone();
+            m.install_db = args.mariadb_install_db.clone();
+            m.port = args.mariadb_port;
+            Running::MariaDb(MariaDbNode::start(options, args.listen, m).await?)
+        }
+    };
     let id = node.handle().identity().clone();
     println!("atrest node {} of cluster {} (project {})", id.node_id, id.cluster_name, id.group_id);
-    println!("  data API:  {}  (GET /healthz, /v1/status; Authorization: Bearer <data credential>)", node.url());
+    match &node {
+        Running::Embedded(_) => {
+            println!("  data API:  {}  (GET /healthz, /v1/status; Authorization: Bearer <data credential>)", node.url())
+        }
+        Running::MariaDb(n) => {
+            println!(
+                "  status:    {}  (GET /healthz, /v1/status; Authorization: Bearer <data credential>)",
+                node.url()
+            );
+            match n.engine().port() {
+                Some(port) => println!(
+                    "  MariaDB:   mariadb -h 127.0.0.1 -P {port}  (root: mariadb --socket={} -u root)",
+                    n.engine().options().socket().display()
+                ),
+                None => println!("  MariaDB:   starts once the node has its keys (it is not SERVING yet)"),
+            }
+        }
+    }
     println!("  data dir:  {}", data_dir.display());
     let gate = node.handle().gate();
     let watch = tokio::spawn(async move {

@@ -19,8 +19,8 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::engine::EngineError;
 use crate::engine::sqlcipher::{BatchOp, BatchResult, SqlCipherEngine};
+use crate::engine::{Engine, EngineError};
 use crate::runtime::{Gate, NodeState};
 
 /// The largest document, in bytes of JSON.
@@ -33,6 +33,12 @@ const MAX_BATCH_BODY: usize = 16 * 1024 * 1024;
 struct Api {
     gate: Arc<Gate>,
     engine: Arc<SqlCipherEngine>,
+}
+
+#[derive(Clone)]
+struct StatusApi {
+    gate: Arc<Gate>,
+    engine: Arc<dyn Engine>,
 }
 
 /// A refusal, in the Atlas error shape.
@@ -83,22 +89,70 @@ impl IntoResponse for DataError {
 
 type Result<T> = std::result::Result<T, DataError>;
 
-/// The data API of one node.
+/// The data API of one embedded-engine node: documents, plus [`status_router`]'s routes.
 pub fn router(gate: Arc<Gate>, engine: Arc<SqlCipherEngine>) -> Router {
+    let described: Arc<dyn Engine> = engine.clone();
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/status", get(status))
         .route("/v1/collections/{collection}/documents", get(list))
         .route("/v1/collections/{collection}/documents/{id}", get(get_doc).put(put_doc).delete(delete_doc))
         .route("/v1/batch", post(batch))
-        .fallback(|| async {
-            DataError::new(
-                StatusCode::NOT_FOUND,
-                "RESOURCE_NOT_FOUND",
-                "no such data API path: see docs/design/node-api-draft.md, \"Data API\"",
-            )
-        })
-        .with_state(Api { gate, engine })
+        .with_state(Api { gate: gate.clone(), engine })
+        .merge(status_routes(gate, described))
+        .fallback(unknown_path)
+}
+
+/// The routes every node serves whatever its engine: `/healthz` and `/v1/status` (the node's
+/// state and its engine's description). A MariaDB node serves only these: its clients speak
+/// MariaDB's protocol to mariadbd.
+pub fn status_router(gate: Arc<Gate>, engine: Arc<dyn Engine>) -> Router {
+    status_routes(gate, engine).fallback(unknown_path)
+}
+
+fn status_routes(gate: Arc<Gate>, engine: Arc<dyn Engine>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/status", get(status))
+        .with_state(StatusApi { gate, engine })
+}
+
+async fn unknown_path() -> DataError {
+    DataError::new(
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "no such data API path: see docs/design/node-api-draft.md, \"Data API\"",
+    )
+}
+
+/// The credential check, then the state check.
+fn admit(gate: &Gate, headers: &HeaderMap) -> Result<()> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => {
+            return Err(DataError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "send a data credential: Authorization: Bearer atrd_... (issue one with `atrest admin create-data-credential --group <groupId> --cluster <name>`)",
+            ));
+        }
+        Some(c) if !gate.accepts(c) => {
+            // Before the first configuration the node knows no credential at all: say that
+            // rather than "wrong credential".
+            if !gate.status().state.serves() {
+                return Err(not_serving(gate));
+            }
+            return Err(DataError::new(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_DATA_CREDENTIAL",
+                "this data credential is not one of the cluster's (revoked, or for another cluster): issue one with `atrest admin create-data-credential`",
+            ));
+        }
+        Some(_) => {}
+    }
+    if gate.status().state.serves() { Ok(()) } else { Err(not_serving(gate)) }
 }
 
 fn not_serving(gate: &Gate) -> DataError {
@@ -124,38 +178,9 @@ fn not_serving(gate: &Gate) -> DataError {
 }
 
 impl Api {
-    /// The credential check, then the state check.
     fn admit(&self, headers: &HeaderMap) -> Result<()> {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            None => {
-                return Err(DataError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHORIZED",
-                    "send a data credential: Authorization: Bearer atrd_... (issue one with `atrest admin create-data-credential --group <groupId> --cluster <name>`)",
-                ));
-            }
-            Some(c) if !self.gate.accepts(c) => {
-                // Before the first configuration the node knows no credential at all: say that
-                // rather than "wrong credential".
-                if !self.gate.status().state.serves() {
-                    return Err(not_serving(&self.gate));
-                }
-                return Err(DataError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "INVALID_DATA_CREDENTIAL",
-                    "this data credential is not one of the cluster's (revoked, or for another cluster): issue one with `atrest admin create-data-credential`",
-                ));
-            }
-            Some(_) => {}
-        }
-        if self.gate.status().state.serves() { Ok(()) } else { Err(not_serving(&self.gate)) }
+        admit(&self.gate, headers)
     }
-
     /// Runs a blocking engine call; a closed engine is a shutdown in progress.
     async fn run<T: Send + 'static>(
         &self,
@@ -252,20 +277,23 @@ fn check_document(field: &str, body: &[u8]) -> Result<String> {
     Ok(text.to_string())
 }
 
-async fn healthz(State(api): State<Api>) -> Response {
+async fn healthz(State(api): State<StatusApi>) -> Response {
     let s = api.gate.status();
     let status = if s.state.serves() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"state": s.state}))).into_response()
 }
 
-async fn status(State(api): State<Api>, headers: HeaderMap) -> Result<Response> {
+async fn status(State(api): State<StatusApi>, headers: HeaderMap) -> Result<Response> {
     // Status answers whatever the state: it is how a client learns why the node refuses.
-    if let Err(e) = api.admit(&headers)
+    if let Err(e) = admit(&api.gate, &headers)
         && e.status == StatusCode::UNAUTHORIZED
     {
         return Err(e);
     }
-    Ok(axum::Json(api.gate.status()).into_response())
+    let mut body = serde_json::to_value(api.gate.status()).expect("the status serializes");
+    let engine = api.engine.clone();
+    body["engine"] = tokio::task::spawn_blocking(move || engine.describe()).await.unwrap_or(Value::Null);
+    Ok(axum::Json(body).into_response())
 }
 
 async fn put_doc(

@@ -1,10 +1,12 @@
-//! An embedded-engine node with its data API on a listener: what `atrest node` runs and what
-//! the tests start on `127.0.0.1:0`.
+//! A node with its HTTP API on a listener: what `atrest node` runs and what the tests start on
+//! `127.0.0.1:0`. [`EmbeddedNode`] serves the embedded engine's document API; [`MariaDbNode`]
+//! supervises a mariadbd (its clients connect to MariaDB) and serves the node's status.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::engine::Engine;
+use crate::engine::mariadb::{MariaDbEngine, MariaDbOptions};
 use crate::engine::sqlcipher::{Durability, Encryption, SqlCipherEngine};
 use crate::runtime::{self, NodeError, NodeHandle, NodeOptions};
 
@@ -65,6 +67,79 @@ impl EmbeddedNode {
     }
 
     /// Stops serving, closes the engine and drops the keys.
+    pub async fn shutdown(self) {
+        self.server.abort();
+        let _ = self.server.await;
+        self.handle.shutdown().await;
+    }
+}
+
+/// A node whose engine is MariaDB: the lifecycle opens the engine (starts mariadbd) when the
+/// node serves and closes it (stops mariadbd, then its keys) when it shuts down. The listener
+/// serves `/healthz` and `/v1/status`.
+pub struct MariaDbNode {
+    handle: NodeHandle,
+    engine: Arc<MariaDbEngine>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl MariaDbNode {
+    /// Like [`EmbeddedNode::start`]; `mariadb.dir` is replaced by the node's data dir.
+    pub async fn start(
+        mut options: NodeOptions,
+        listen: SocketAddr,
+        mut mariadb: MariaDbOptions,
+    ) -> Result<Self, NodeError> {
+        for (what, path) in [("mariadbd", &mariadb.mariadbd), ("mariadb-install-db", &mariadb.install_db)] {
+            if !path.is_file() {
+                return Err(NodeError::Setup(format!(
+                    "{what} is not at {}: install MariaDB with `sudo apt-get install mariadb-server mariadb-plugin-hashicorp-key-management`, or name it with --mariadbd",
+                    path.display()
+                )));
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| NodeError::Setup(format!("cannot listen on {listen}: {e}; pick another --listen address")))?;
+        let addr = listener.local_addr().map_err(|e| NodeError::Setup(e.to_string()))?;
+        if options.data_url.is_empty() {
+            options.data_url = format!("http://{addr}");
+        }
+        mariadb.dir = options.data_dir.clone();
+        let engine = Arc::new(MariaDbEngine::new(mariadb));
+        let dyn_engine: Arc<dyn Engine> = engine.clone();
+        let handle = runtime::start(options, dyn_engine.clone()).await?;
+        let app = crate::data_api::status_router(handle.gate(), dyn_engine);
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the status API stopped");
+            }
+        });
+        Ok(Self { handle, engine, addr, server })
+    }
+
+    /// The status API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The lifecycle handle (status, identity).
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// The engine (mariadbd's port, pid, socket).
+    pub fn engine(&self) -> &Arc<MariaDbEngine> {
+        &self.engine
+    }
+
+    /// Waits until the node stops for good (revoked).
+    pub async fn stopped(&mut self) -> NodeError {
+        self.handle.stopped().await
+    }
+
+    /// Stops serving, stops mariadbd and drops the keys.
     pub async fn shutdown(self) {
         self.server.abort();
         let _ = self.server.await;

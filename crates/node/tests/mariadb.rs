@@ -2,14 +2,22 @@
 //! `mariadb-server`, `mariadb-client` and `mariadb-plugin-hashicorp-key-management`): a real
 //! client writes marked rows, and no file MariaDB wrote holds them in clear; the server stops
 //! with the engine and comes back with its data; a kill -9 is restarted; other engines' tables
-//! are refused.
+//! are refused; and a MariaDB node in a cluster stops mariadbd when the customer revokes the
+//! key and starts it again, data intact, when access is restored.
+
+mod nodes;
+#[path = "../../control/tests/support/mod.rs"]
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use atrest_node::engine::mariadb::{MariaDbEngine, MariaDbOptions};
+use atrest_node::runtime::NodeState;
+use atrest_node::server::MariaDbNode;
 use atrest_node::{DataKeys, Engine, Health, KeyBytes};
+use serde_json::Value;
 
 const MARKER: &str = "ATREST_PLAINTEXT_MARKER_7f3c";
 
@@ -68,8 +76,8 @@ async fn close(engine: &std::sync::Arc<MariaDbEngine>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_keeps_rows_encrypted_stops_with_the_engine_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
-    let o = MariaDbOptions::new(dir.path(), "node-test-1");
-    let engine = std::sync::Arc::new(MariaDbEngine::new(o.clone(), tokio::runtime::Handle::current()));
+    let o = MariaDbOptions::new(dir.path());
+    let engine = std::sync::Arc::new(MariaDbEngine::new(o.clone()));
     let key = KeyBytes::random().unwrap();
     let key_bytes = *key.expose();
     let keys = std::sync::Arc::new(DataKeys::single(key));
@@ -147,6 +155,7 @@ async fn mariadb_keeps_rows_encrypted_stops_with_the_engine_and_comes_back() {
 
     // Opened again with the same keys: every row is there and writable.
     open(&engine, keys.clone()).await.expect("MariaDB starts again");
+    assert_eq!(engine.port(), Some(port), "the same port after a restart, for the clients");
     assert_eq!(ok(&o, "SELECT COUNT(*) FROM demo.t"), "2020");
     ok(&o, "INSERT INTO demo.t VALUES (20000, 'after reopen')");
     assert_eq!(ok(&o, "SELECT v FROM demo.t WHERE id = 10019"), format!("{MARKER}-single-19"));
@@ -163,4 +172,82 @@ async fn mariadb_keeps_rows_encrypted_stops_with_the_engine_and_comes_back() {
     open(&engine, keys).await.expect("MariaDB starts with its own keys after a wrong-key attempt");
     assert_eq!(ok(&o, "SELECT COUNT(*) FROM demo.t"), "2021");
     close(&engine).await;
+}
+
+async fn wait_state(node: &MariaDbNode, want: NodeState, limit: Duration) -> atrest_node::Status {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = node.handle().gate().status();
+        if s.state == want {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "not {want:?} within {limit:?}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_node_stops_mariadbd_on_revocation_and_starts_it_again_on_restore() {
+    let env = support::Env::start_with(nodes::fast_checks()).await;
+    let c = nodes::cluster(&env, "maria", 1, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = nodes::join_token(&env, &c.group, &c.name).await;
+    let o = MariaDbOptions::new(dir.path());
+    let node =
+        MariaDbNode::start(nodes::options(&env, dir.path(), Some(token)), "127.0.0.1:0".parse().unwrap(), o.clone())
+            .await
+            .unwrap();
+    wait_state(&node, NodeState::Serving, Duration::from_secs(30)).await;
+    ok(&o, "CREATE DATABASE demo; CREATE TABLE demo.t (id INT PRIMARY KEY, v TEXT)");
+    ok(&o, &format!("INSERT INTO demo.t VALUES (1, '{MARKER}')"));
+    let port = node.engine().port().unwrap();
+    let pid = node.engine().pid().unwrap();
+
+    // The status API shows the engine and its server.
+    let http = reqwest::Client::new();
+    let status = || async {
+        let r = http.get(format!("{}/v1/status", node.url())).bearer_auth(&c.data_credential).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let v = status().await;
+    assert_eq!((v["state"].as_str(), v["engine"]["kind"].as_str()), (Some("SERVING"), Some("mariadb")), "{v}");
+    assert_eq!(v["engine"]["mariadbd"]["pid"], pid, "{v}");
+    assert_eq!(v["engine"]["mariadbd"]["port"], port, "{v}");
+    assert_eq!(v["engine"]["health"]["state"], "SERVING", "{v}");
+
+    // Revocation: within the interval and grace, mariadbd is stopped and clients are refused.
+    let revoked = Instant::now();
+    c.tenant.customer.delete_role_assignment(&c.crypto_assignment).await.unwrap();
+    let down = wait_state(&node, NodeState::ShutDown, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(35);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid), "mariadbd still runs after the node shut down");
+    eprintln!("revocation to mariadbd gone: {:.2} s", revoked.elapsed().as_secs_f64());
+    assert_eq!(down.last_error.as_ref().unwrap().kind, "DENIED", "{down:?}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "mariadbd still listens");
+    let (success, _) = sql(&o, "SELECT 1");
+    assert!(!success, "a client reached mariadbd after the revocation");
+    let v = status().await;
+    assert_eq!(
+        (v["state"].as_str(), v["engine"]["health"]["state"].as_str()),
+        (Some("SHUT_DOWN"), Some("CLOSED")),
+        "{v}"
+    );
+
+    // Restored: mariadbd is started again on the same port, with every row.
+    c.tenant
+        .customer
+        .assign_role(&c.tenant.sp, atrest_emulator::scenario::roles::KEY_VAULT_CRYPTO_USER, &c.tenant.vault_id)
+        .await
+        .unwrap();
+    wait_state(&node, NodeState::Serving, Duration::from_secs(30)).await;
+    assert_eq!(node.engine().port(), Some(port));
+    assert_ne!(node.engine().pid(), Some(pid));
+    assert_eq!(ok(&o, "SELECT v FROM demo.t WHERE id = 1"), MARKER);
+    ok(&o, "INSERT INTO demo.t VALUES (2, 'after restore')");
+    let pid = node.engine().pid().unwrap();
+    node.shutdown().await;
+    assert!(!alive(pid), "mariadbd outlived the node's shutdown");
 }

@@ -7,7 +7,9 @@
 //! [`Engine::open`] takes every data key, not just the current one.
 //!
 //! The trait is synchronous: SQLite is a blocking library and supervising a process is too. The
-//! node calls it from `spawn_blocking`.
+//! node's supervisor task calls `open`/`close` directly, so a slow one (MariaDB's: about a second
+//! to start mariadbd, up to its shutdown bound to stop it) holds that worker thread meanwhile;
+//! the data API calls the embedded engine from `spawn_blocking`.
 
 pub mod mariadb;
 pub mod sqlcipher;
@@ -56,4 +58,15 @@ pub trait Engine: Send + Sync {
 
     /// The engine's health now.
     fn health(&self) -> Health;
+
+    /// What the node's status shows of the engine (`GET /v1/status`, `engine`). May block
+    /// briefly (it is called from `spawn_blocking`).
+    fn describe(&self) -> serde_json::Value {
+        let health = match self.health() {
+            Health::Closed => serde_json::json!({"state": "CLOSED"}),
+            Health::Serving => serde_json::json!({"state": "SERVING"}),
+            Health::Failing(why) => serde_json::json!({"state": "FAILING", "detail": why}),
+        };
+        serde_json::json!({"kind": self.kind(), "health": health})
+    }
 }

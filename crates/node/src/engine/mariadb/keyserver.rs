@@ -8,7 +8,7 @@
 //!
 //! **Keys.** A MariaDB key (id, version) is derived, never stored: version `2·g` belongs to the
 //! node's data key `g`, and its bytes are HKDF-SHA256 of that data key with the key id in the
-//! info. So every key id exists as soon as it is asked for, and every version the node ever had
+//! info (the data keys are random per node, so no two nodes share a MariaDB key). So every key id exists as soon as it is asked for, and every version the node ever had
 //! stays answerable (the redo log asks for its creation version at every start, and a 404 there
 //! aborts mariadbd). Versions are `2·g`, not `g`, because InnoDB re-encrypts a page only when
 //! its version plus `innodb_encryption_rotate_key_age` (at least 1; 0 turns rotation off) is
@@ -62,13 +62,13 @@ struct Keys {
 }
 
 impl Keys {
-    fn derive(keys: &DataKeys, node_id: &str) -> Keys {
+    fn derive(keys: &DataKeys) -> Keys {
         let salt = Salt::new(HKDF_SHA256, ROOT_SALT);
         let roots = keys
             .ids()
             .map(|g| {
                 let data = keys.get(g).expect("ids() lists present keys");
-                (g, hkdf(&salt, data.expose(), &[b"root\0", node_id.as_bytes()]))
+                (g, hkdf(&salt, data.expose(), &[b"root"]))
             })
             .collect();
         Keys { roots, current: keys.current().0 }
@@ -105,8 +105,8 @@ pub struct KeyServer {
     addr: SocketAddr,
     ca_pem: String,
     keys: Arc<RwLock<Option<Keys>>>,
-    task: tokio::task::JoinHandle<()>,
-    /// Set on stop: every open connection closes.
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set on stop: the accept loop ends and every open connection closes.
     stopped: tokio::sync::watch::Sender<bool>,
 }
 
@@ -139,22 +139,32 @@ impl Token {
 
 impl KeyServer {
     /// Listens on `127.0.0.1:0` with a fresh CA and certificate (for `127.0.0.1`), serving keys
-    /// derived from `keys` to callers presenting `token`. Call inside a Tokio runtime's context
-    /// (`Handle::enter`); it does not block.
-    pub fn start(keys: &DataKeys, node_id: &str, token: Token) -> std::io::Result<KeyServer> {
+    /// derived from `keys` to callers presenting `token`.
+    ///
+    /// It runs on a thread and runtime of its own: mariadbd must never wait for a key (a stalled
+    /// lookup blocks its statements for 4 × 15 s, §1b), whatever the node's own runtime is busy
+    /// with; and the node calls [`crate::Engine::open`] from an async task, where a task spawned
+    /// on the node's runtime could sit behind the very thread that waits for mariadbd to start.
+    pub fn start(keys: &DataKeys, token: Token) -> std::io::Result<KeyServer> {
         let (ca_pem, tls) = tls_config().map_err(|e| std::io::Error::other(format!("key server TLS: {e}")))?;
         let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
-        let keys = Arc::new(RwLock::new(Some(Keys::derive(keys, node_id))));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let keys = Arc::new(RwLock::new(Some(Keys::derive(keys))));
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let served = keys.clone();
         let (stopped, _) = tokio::sync::watch::channel(false);
         let on_stop = stopped.clone();
-        let task = tokio::spawn(async move {
+        let mut stop_accepting = stopped.subscribe();
+        let serve = async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop_accepting.wait_for(|s| *s) => return Ok::<(), std::io::Error>(()),
+                };
+                let Ok((tcp, _)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
@@ -177,8 +187,14 @@ impl KeyServer {
                     }
                 });
             }
-        });
-        Ok(KeyServer { addr, ca_pem, keys, task, stopped })
+        };
+        let thread = std::thread::Builder::new().name("mariadb-key-server".into()).spawn(move || {
+            if let Err(e) = runtime.block_on(serve) {
+                tracing::error!(error = %e, "the MariaDB key server stopped");
+            }
+            // Dropping the runtime drops every connection still open.
+        })?;
+        Ok(KeyServer { addr, ca_pem, keys, thread: parking_lot::Mutex::new(Some(thread)), stopped })
     }
 
     /// Where it listens.
@@ -199,9 +215,11 @@ impl KeyServer {
     /// Stops listening and drops the keys. Call only once mariadbd has stopped: to a running
     /// mariadbd a refused connection is safe, but it may still need a key it has not cached.
     pub fn stop(&self) {
-        self.task.abort();
         *self.keys.write() = None;
         self.stopped.send_replace(true);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -317,7 +335,7 @@ mod tests {
     async fn serves_the_plugins_kv_v2_subset_to_the_token_holder_only() {
         let mut keys = DataKeys::single(KeyBytes::random().unwrap());
         let token = Token::random();
-        let server = KeyServer::start(&keys, "node-1", token.clone()).unwrap();
+        let server = KeyServer::start(&keys, token.clone()).unwrap();
         let c = client(server.ca_pem());
         let base = server.vault_url();
         let root = format!("https://{}", server.addr());
@@ -351,15 +369,12 @@ mod tests {
             assert_eq!((s, &body), (403, &serde_json::json!({"errors": ["permission denied"]})));
         }
         // The same data key on another server (after a restart) gives the same MariaDB keys;
-        // another node's or another data key's do not.
-        let again = KeyServer::start(&keys, "node-1", token.clone()).unwrap();
+        // another data key does not.
+        let again = KeyServer::start(&keys, token.clone()).unwrap();
         let (_, v) = get(&client(again.ca_pem()), &format!("{}/data/1", again.vault_url()), t).await;
         assert_eq!(v["data"]["data"]["data"], hex1.as_str());
-        let elsewhere = KeyServer::start(&keys, "node-2", token.clone()).unwrap();
-        let (_, v) = get(&client(elsewhere.ca_pem()), &format!("{}/data/1", elsewhere.vault_url()), t).await;
-        assert_ne!(v["data"]["data"]["data"], hex1.as_str());
         keys = DataKeys::single(KeyBytes::random().unwrap());
-        let rekeyed = KeyServer::start(&keys, "node-1", token.clone()).unwrap();
+        let rekeyed = KeyServer::start(&keys, token.clone()).unwrap();
         let (_, v) = get(&client(rekeyed.ca_pem()), &format!("{}/data/1", rekeyed.vault_url()), t).await;
         assert_ne!(v["data"]["data"]["data"], hex1.as_str());
 

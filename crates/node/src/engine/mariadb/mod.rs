@@ -49,22 +49,20 @@ const START_BOUND: Duration = Duration::from_secs(60);
 pub struct MariaDbOptions {
     /// The node's data dir; MariaDB's files go under `<dir>/mariadb/`.
     pub dir: PathBuf,
-    /// The node's id (binds the derived keys to this node).
-    pub node_id: String,
     /// `mariadbd` (Debian: /usr/sbin/mariadbd).
     pub mariadbd: PathBuf,
     /// `mariadb-install-db`.
     pub install_db: PathBuf,
-    /// The TCP port on 127.0.0.1 (0: a free one, chosen at each start).
+    /// The TCP port on 127.0.0.1 (0: a free one, chosen at the first start and kept while this
+    /// process runs, so clients find the server again after a revocation and recovery).
     pub port: u16,
 }
 
 impl MariaDbOptions {
     /// Debian's paths, a free port.
-    pub fn new(dir: &Path, node_id: &str) -> MariaDbOptions {
+    pub fn new(dir: &Path) -> MariaDbOptions {
         MariaDbOptions {
             dir: dir.to_path_buf(),
-            node_id: node_id.to_string(),
             mariadbd: PathBuf::from("/usr/sbin/mariadbd"),
             install_db: PathBuf::from("/usr/bin/mariadb-install-db"),
             port: 0,
@@ -107,15 +105,20 @@ struct Running {
 /// The MariaDB engine. Cheap to share behind an `Arc`.
 pub struct MariaDbEngine {
     options: MariaDbOptions,
-    runtime: tokio::runtime::Handle,
     running: Mutex<Option<Running>>,
     restarts: Arc<AtomicU32>,
+    chosen_port: Mutex<Option<u16>>,
 }
 
 impl MariaDbEngine {
-    /// An engine for `options`; its key server runs on `runtime`.
-    pub fn new(options: MariaDbOptions, runtime: tokio::runtime::Handle) -> MariaDbEngine {
-        MariaDbEngine { options, runtime, running: Mutex::new(None), restarts: Arc::new(AtomicU32::new(0)) }
+    /// An engine for `options`.
+    pub fn new(options: MariaDbOptions) -> MariaDbEngine {
+        MariaDbEngine {
+            options,
+            running: Mutex::new(None),
+            restarts: Arc::new(AtomicU32::new(0)),
+            chosen_port: Mutex::new(None),
+        }
     }
 
     /// The options it runs with.
@@ -295,11 +298,13 @@ impl Engine for MariaDbEngine {
         }
         let o = self.options.clone();
         let token = Token::random();
-        let server = {
-            let _rt = self.runtime.enter();
-            KeyServer::start(keys, &o.node_id, token.clone()).map_err(|e| self.storage("starting the key server", e))?
+        let server = KeyServer::start(keys, token.clone()).map_err(|e| self.storage("starting the key server", e))?;
+        let port = match (o.port, *self.chosen_port.lock()) {
+            (0, Some(chosen)) => chosen,
+            (0, None) => free_port().map_err(|e| self.storage("choosing a port", e))?,
+            (fixed, _) => fixed,
         };
-        let port = if o.port == 0 { free_port().map_err(|e| self.storage("choosing a port", e))? } else { o.port };
+        *self.chosen_port.lock() = Some(port);
         self.write_files(&server, port)?;
         for d in ["tmp", "binlog"] {
             std::fs::create_dir_all(o.home().join(d)).map_err(|e| self.storage(&format!("creating {d}"), e))?;
@@ -368,6 +373,26 @@ impl Engine for MariaDbEngine {
         r.keys.stop();
         tracing::info!(secs = started.elapsed().as_secs_f64(), "mariadbd stopped; its keys are dropped");
         Ok(())
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let health = match self.health() {
+            Health::Closed => serde_json::json!({"state": "CLOSED"}),
+            Health::Serving => serde_json::json!({"state": "SERVING"}),
+            Health::Failing(why) => serde_json::json!({"state": "FAILING", "detail": why}),
+        };
+        serde_json::json!({
+            "kind": self.kind(),
+            "health": health,
+            "mariadbd": {
+                "pid": self.pid(),
+                "host": "127.0.0.1",
+                "port": self.port(),
+                "socket": self.options.socket(),
+                "datadir": self.options.datadir(),
+                "restarts": self.restarts(),
+            },
+        })
     }
 
     fn health(&self) -> Health {
