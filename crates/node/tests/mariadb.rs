@@ -2,8 +2,9 @@
 //! `mariadb-server`, `mariadb-client` and `mariadb-plugin-hashicorp-key-management`): a real
 //! client writes marked rows, and no file MariaDB wrote holds them in clear; the server stops
 //! with the engine and comes back with its data; a kill -9 is restarted; other engines' tables
-//! are refused; and a MariaDB node in a cluster stops mariadbd when the customer revokes the
-//! key and starts it again, data intact, when access is restored.
+//! are refused; and a MariaDB node in a cluster keeps mariadbd running while Key Vault is
+//! unreachable, stops it when the customer revokes the key and starts it again, data intact,
+//! when access is restored.
 
 mod nodes;
 #[path = "../../control/tests/support/mod.rs"]
@@ -187,7 +188,7 @@ async fn wait_state(node: &MariaDbNode, want: NodeState, limit: Duration) -> atr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mariadb_node_stops_mariadbd_on_revocation_and_starts_it_again_on_restore() {
+async fn a_mariadb_node_keeps_mariadbd_while_degraded_stops_it_on_revocation_and_starts_it_on_restore() {
     let env = support::Env::start_with(nodes::fast_checks()).await;
     let c = nodes::cluster(&env, "maria", 1, false).await;
     let dir = tempfile::tempdir().unwrap();
@@ -214,6 +215,22 @@ async fn a_mariadb_node_stops_mariadbd_on_revocation_and_starts_it_again_on_rest
     assert_eq!(v["engine"]["mariadbd"]["pid"], pid, "{v}");
     assert_eq!(v["engine"]["mariadbd"]["port"], port, "{v}");
     assert_eq!(v["engine"]["health"]["state"], "SERVING", "{v}");
+
+    // Key Vault unreachable (503 to everything): not a denial. mariadbd keeps running, the same
+    // process, and keeps taking writes.
+    let fault = env
+        .emulator_admin(
+            reqwest::Method::POST,
+            "faults",
+            Some(serde_json::json!({"vault": c.tenant.vault, "kind": {"kind": "server_error", "status": 503}})),
+        )
+        .await;
+    wait_state(&node, NodeState::Degraded, Duration::from_secs(20)).await;
+    assert_eq!(node.engine().pid(), Some(pid), "mariadbd was restarted while DEGRADED");
+    ok(&o, "INSERT INTO demo.t VALUES (3, 'while degraded')");
+    env.emulator_admin(reqwest::Method::DELETE, &format!("faults/{}", fault["id"].as_str().unwrap()), None).await;
+    wait_state(&node, NodeState::Serving, Duration::from_secs(20)).await;
+    assert_eq!(node.engine().pid(), Some(pid));
 
     // Revocation: within the interval and grace, mariadbd is stopped and clients are refused.
     let revoked = Instant::now();
@@ -246,6 +263,7 @@ async fn a_mariadb_node_stops_mariadbd_on_revocation_and_starts_it_again_on_rest
     assert_eq!(node.engine().port(), Some(port));
     assert_ne!(node.engine().pid(), Some(pid));
     assert_eq!(ok(&o, "SELECT v FROM demo.t WHERE id = 1"), MARKER);
+    assert_eq!(ok(&o, "SELECT v FROM demo.t WHERE id = 3"), "while degraded");
     ok(&o, "INSERT INTO demo.t VALUES (2, 'after restore')");
     let pid = node.engine().pid().unwrap();
     node.shutdown().await;
