@@ -253,7 +253,18 @@ impl NodeHandle {
         for t in self.tasks {
             let _ = t.await;
         }
-        let _ = self.engine.close();
+        close_engine(&self.engine).await;
+    }
+}
+
+/// Closes the engine off the async workers (MariaDB's close waits for mariadbd to stop, up to
+/// its shutdown bound).
+async fn close_engine(engine: &Arc<dyn Engine>) {
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || engine.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "closing the engine failed"),
+        Err(e) => tracing::error!(error = %e, "closing the engine panicked"),
     }
 }
 
@@ -475,7 +486,7 @@ impl Supervisor {
             };
             if revoked_now {
                 let why = revoked_why.read().clone();
-                self.drop_keys();
+                self.drop_keys().await;
                 self.gate.publish(|s| {
                     s.state = NodeState::ShutDown;
                     s.last_error = Some(ReportedError {
@@ -493,10 +504,8 @@ impl Supervisor {
         }
     }
 
-    fn drop_keys(&mut self) {
-        if let Err(e) = self.engine.close() {
-            tracing::error!(error = %e, "closing the engine failed");
-        }
+    async fn drop_keys(&mut self) {
+        close_engine(&self.engine).await;
         // Dropping `Unlocked` zeroizes the master and data keys.
         self.unlocked = None;
         self.denied_since = None;
@@ -661,9 +670,22 @@ impl Supervisor {
             };
             match result {
                 Ok((ks, unlocked)) => {
-                    if let Err(e) = self.engine.open(unlocked.data_keys()) {
-                        return self.fail_setup(format!("the {} engine did not open: {e}", self.engine.kind()));
-                    }
+                    // Off the async workers: MariaDB's open starts mariadbd and waits for it.
+                    let engine = self.engine.clone();
+                    let opened = tokio::task::spawn_blocking(move || {
+                        let r = engine.open(unlocked.data_keys());
+                        (unlocked, r)
+                    })
+                    .await;
+                    let unlocked = match opened {
+                        Ok((unlocked, Ok(()))) => unlocked,
+                        Ok((_, Err(e))) => {
+                            return self.fail_setup(format!("the {} engine did not open: {e}", self.engine.kind()));
+                        }
+                        Err(e) => {
+                            return self.fail_setup(format!("the {} engine's open failed: {e}", self.engine.kind()));
+                        }
+                    };
                     failpoint("node-engine-opened");
                     tracing::info!(key = %ks.key_identifier(), "unlocked: serving");
                     self.keystore = Some(ks);
@@ -745,7 +767,7 @@ impl Supervisor {
                     let since = *self.denied_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= Duration::from_secs(cfg.denial_grace_secs) {
                         tracing::warn!(error = %e, "access denied: dropping the keys and closing the engine");
-                        self.drop_keys();
+                        self.drop_keys().await;
                         self.gate.publish(|s| {
                             s.state = NodeState::ShutDown;
                             s.last_check_at = Some(checked_at);

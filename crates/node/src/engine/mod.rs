@@ -7,9 +7,8 @@
 //! [`Engine::open`] takes every data key, not just the current one.
 //!
 //! The trait is synchronous: SQLite is a blocking library and supervising a process is too. The
-//! node's supervisor task calls `open`/`close` directly, so a slow one (MariaDB's: about a second
-//! to start mariadbd, up to its shutdown bound to stop it) holds that worker thread meanwhile;
-//! the data API calls the embedded engine from `spawn_blocking`.
+//! node calls it from `spawn_blocking` (MariaDB's open takes about a second to start mariadbd,
+//! its close up to the shutdown bound).
 
 pub mod mariadb;
 pub mod sqlcipher;
