@@ -215,6 +215,12 @@ async fn a_mariadb_node_keeps_mariadbd_while_degraded_stops_it_on_revocation_and
     assert_eq!(v["engine"]["mariadbd"]["pid"], pid, "{v}");
     assert_eq!(v["engine"]["mariadbd"]["port"], port, "{v}");
     assert_eq!(v["engine"]["health"]["state"], "SERVING", "{v}");
+    // Every tablespace encrypted, with key id 1 at the data key's version (2·1).
+    let ts = &v["engine"]["tablespaces"];
+    assert!(ts["total"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(ts["unencrypted"], 0, "{v}");
+    assert_eq!(ts["byKeyId"][0]["keyId"], 1, "{v}");
+    assert_eq!(ts["byKeyId"][0]["versions"][0]["minKeyVersion"], 2, "{v}");
 
     // Key Vault unreachable (503 to everything): not a denial. mariadbd keeps running, the same
     // process, and keeps taking writes.

@@ -53,6 +53,8 @@ pub struct MariaDbOptions {
     pub mariadbd: PathBuf,
     /// `mariadb-install-db`.
     pub install_db: PathBuf,
+    /// The `mariadb` client, which the status uses to read the tablespaces' encryption.
+    pub client: PathBuf,
     /// The TCP port on 127.0.0.1 (0: a free one, chosen at the first start and kept while this
     /// process runs, so clients find the server again after a revocation and recovery).
     pub port: u16,
@@ -65,6 +67,7 @@ impl MariaDbOptions {
             dir: dir.to_path_buf(),
             mariadbd: PathBuf::from("/usr/sbin/mariadbd"),
             install_db: PathBuf::from("/usr/bin/mariadb-install-db"),
+            client: PathBuf::from("/usr/bin/mariadb"),
             port: 0,
         }
     }
@@ -286,6 +289,54 @@ fn signal_group(pid: u32, signal: i32) {
     }
 }
 
+impl MariaDbEngine {
+    /// The tablespaces' encryption as `information_schema.INNODB_TABLESPACES_ENCRYPTION` shows
+    /// it: how many there are, how many are unencrypted or rotating, and per key id which key
+    /// versions pages still use (the oldest of each tablespace). Asked through the `mariadb`
+    /// client over the socket as root (unix_socket authentication as the node's OS user): the
+    /// node links no MySQL protocol library, and this is read only for the status.
+    fn tablespaces(&self) -> serde_json::Value {
+        let q = "SELECT CURRENT_KEY_ID, MIN_KEY_VERSION, ENCRYPTION_SCHEME, ROTATING_OR_FLUSHING, COUNT(*) \
+                 FROM information_schema.INNODB_TABLESPACES_ENCRYPTION \
+                 GROUP BY CURRENT_KEY_ID, MIN_KEY_VERSION, ENCRYPTION_SCHEME, ROTATING_OR_FLUSHING";
+        let out = Command::new(&self.options.client)
+            .arg(format!("--socket={}", self.options.socket().display()))
+            .args(["-u", "root", "--batch", "--skip-column-names", "-e", q])
+            .stdin(Stdio::null())
+            .output();
+        let text = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Ok(o) => return serde_json::json!({"error": String::from_utf8_lossy(&o.stderr).trim()}),
+            Err(e) => return serde_json::json!({"error": format!("{}: {e}", self.options.client.display())}),
+        };
+        let (mut total, mut unencrypted, mut rotating) = (0u64, 0u64, 0u64);
+        let mut by_key: std::collections::BTreeMap<u64, std::collections::BTreeMap<u64, u64>> = Default::default();
+        for line in text.lines() {
+            let f: Vec<u64> = line.split('\t').map(|v| v.parse().unwrap_or(0)).collect();
+            let [key_id, min_version, scheme, rotating_now, count] = f[..] else { continue };
+            total += count;
+            if scheme == 0 {
+                unencrypted += count;
+            }
+            if rotating_now != 0 {
+                rotating += count;
+            }
+            *by_key.entry(key_id).or_default().entry(min_version).or_default() += count;
+        }
+        let keys: Vec<serde_json::Value> = by_key
+            .into_iter()
+            .map(|(id, versions)| {
+                let versions: Vec<_> = versions
+                    .into_iter()
+                    .map(|(v, n)| serde_json::json!({"minKeyVersion": v, "tablespaces": n}))
+                    .collect();
+                serde_json::json!({"keyId": id, "versions": versions})
+            })
+            .collect();
+        serde_json::json!({"total": total, "unencrypted": unencrypted, "rotating": rotating, "byKeyId": keys})
+    }
+}
+
 impl Engine for MariaDbEngine {
     fn kind(&self) -> &'static str {
         "mariadb"
@@ -381,9 +432,12 @@ impl Engine for MariaDbEngine {
             Health::Serving => serde_json::json!({"state": "SERVING"}),
             Health::Failing(why) => serde_json::json!({"state": "FAILING", "detail": why}),
         };
+        let tablespaces =
+            if matches!(self.health(), Health::Serving) { self.tablespaces() } else { serde_json::Value::Null };
         serde_json::json!({
             "kind": self.kind(),
             "health": health,
+            "tablespaces": tablespaces,
             "mariadbd": {
                 "pid": self.pid(),
                 "host": "127.0.0.1",
