@@ -191,12 +191,20 @@ impl MariaDbEngine {
     }
 }
 
-/// The OS user running the node (unix_socket authentication maps it to MariaDB's root).
+/// The OS user running the node (unix_socket authentication maps it to MariaDB's root): the
+/// password database's name for the effective uid, else `$USER`.
 fn os_user() -> String {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 { "root".into() } else { "mysql".into() }
-    })
+    // SAFETY: geteuid has no preconditions; getpwuid returns null or a pointer to a static
+    // record whose name is a NUL-terminated string, copied out at once.
+    let from_passwd = unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            None
+        } else {
+            Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
+        }
+    };
+    from_passwd.or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into())
 }
 
 /// The generated option file: nothing secret in it (the token goes by environment).
@@ -408,11 +416,22 @@ impl Engine for MariaDbEngine {
     }
 
     fn close(&self) -> Result<(), EngineError> {
-        let Some(r) = self.running.lock().take() else { return Ok(()) };
+        // The lock is held until mariadbd is gone and the keys are dropped: a second close (the
+        // node's shutdown racing its own revocation) waits for the first instead of returning
+        // while mariadbd still runs.
+        let mut running = self.running.lock();
+        let Some(r) = running.take() else { return Ok(()) };
         r.stop.store(true, Ordering::SeqCst);
         let started = Instant::now();
-        signal_group(r.pid.load(Ordering::SeqCst), libc::SIGTERM);
+        // The pid is 0 while the supervisor restarts a crashed mariadbd, and changes once it
+        // has: signal whichever process is current, until the supervisor has seen it exit.
+        let mut signalled = 0;
         while !r.supervisor.is_finished() && started.elapsed() < STOP_BOUND {
+            let pid = r.pid.load(Ordering::SeqCst);
+            if pid != 0 && pid != signalled {
+                signal_group(pid, libc::SIGTERM);
+                signalled = pid;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         if !r.supervisor.is_finished() {
@@ -422,6 +441,7 @@ impl Engine for MariaDbEngine {
         let _ = r.supervisor.join();
         // Only now: mariadbd is gone, so nothing can still need a key.
         r.keys.stop();
+        drop(running);
         tracing::info!(secs = started.elapsed().as_secs_f64(), "mariadbd stopped; its keys are dropped");
         Ok(())
     }
